@@ -1,0 +1,86 @@
+"""One ASIF layer: RSA attention over item / fused / position streams, HIE, feed-forward."""
+from __future__ import annotations
+
+from asif_tf import _env  # noqa: F401
+import tensorflow as tf
+
+from asif_tf.layers.attention import AttentionOutput, ScoreProjection, causal_mask
+from asif_tf.layers.feed_forward import PointwiseFeedForward
+from asif_tf.layers.hie import HomogeneousInformationExtraction
+
+
+@tf.keras.utils.register_keras_serializable(package="asif")
+class ASIFLayer(tf.keras.layers.Layer):
+    """Streams E (item ids), F (fused ID + attributes), P (positions), per ASIF.md:
+
+        S_F = (F Wq_F)(F Wk_F)^T      (rsa)        S_E = (E Wq)(E Wk)^T   (no rsa)
+        S_P = (P Wq_P)(P Wk_P)^T      (up)
+        E' = Attn(S_F + S_P, E Wv, E)               values from the pure ID stream
+        F' = Attn(S_F, F Wv_F, F)     (refine_fused; otherwise F' = F)
+        P' = Attn(S_P, P Wv_P, P)     (up)
+        E'' = HIE(E', F')             (hie; otherwise E'' = E')
+        then a feed-forward block on each stream (separate, or one shared).
+
+    Call: item float [b, n, d]; fused float [b, n, d] or None (needed with rsa or hie);
+    position float [1, n, d] or None (needed with up: P is the same for every sequence);
+    valid float [b, n] (1 = real item). Returns the three updated streams. A layer built
+    with ``last=True`` skips the work whose result nothing reads (the F and P updates).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, inner_size: int, dropout: float = 0.5,
+                 attention_dropout: float = 0.3, layer_norm_eps: float = 1e-12, init_std: float = 0.02,
+                 rsa: bool = True, up: bool = True, hie: bool = True, refine_fused: bool = True,
+                 separate_ffn: bool = True, num_bases: int = 16, max_seq_len: int = 50,
+                 hie_causal: bool = True, hie_mask_padding: bool = True, last: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self._cfg = dict(hidden_size=hidden_size, num_heads=num_heads, inner_size=inner_size, dropout=dropout,
+                         attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps, init_std=init_std,
+                         rsa=rsa, up=up, hie=hie, refine_fused=refine_fused, separate_ffn=separate_ffn,
+                         num_bases=num_bases, max_seq_len=max_seq_len, hie_causal=hie_causal,
+                         hie_mask_padding=hie_mask_padding, last=last)
+        self.rsa, self.up, self.hie_on, self.last = rsa, up, hie, last
+        self.refine_fused = refine_fused and (hie or (rsa and not last))
+        heads = dict(hidden_size=hidden_size, num_heads=num_heads, init_std=init_std)
+        attn = dict(heads, dropout=dropout, attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps)
+        ffn = dict(hidden_size=hidden_size, inner_size=inner_size, dropout=dropout,
+                   layer_norm_eps=layer_norm_eps, init_std=init_std)
+        self.fused_scores = ScoreProjection(**heads, name="fused_scores") if (rsa or self.refine_fused) else None
+        self.item_scores = None if rsa else ScoreProjection(**heads, name="item_scores")
+        self.position_scores = ScoreProjection(**heads, name="position_scores") if up else None
+        self.item_attention = AttentionOutput(**attn, name="item_attention")
+        self.fused_attention = AttentionOutput(**attn, name="fused_attention") if self.refine_fused else None
+        self.position_attention = AttentionOutput(**attn, name="position_attention") if up and not last else None
+        self.hie = HomogeneousInformationExtraction(num_bases, max_seq_len, causal=hie_causal,
+                                                    mask_padding=hie_mask_padding, name="hie") if hie else None
+        self.item_ffn = PointwiseFeedForward(**ffn, name="item_ffn" if separate_ffn else "shared_ffn")
+        shared = None if separate_ffn else self.item_ffn
+        needs_fused_ffn = self.refine_fused and not last
+        self.fused_ffn = (shared or PointwiseFeedForward(**ffn, name="fused_ffn")) if needs_fused_ffn else None
+        self.position_ffn = (shared or PointwiseFeedForward(**ffn, name="position_ffn")) \
+            if (up and not last) else None
+
+    def call(self, item, fused, position, valid, training=None):
+        n = tf.shape(item)[1]
+        mask = causal_mask(n, item.dtype)
+        s_f = self.fused_scores(fused) if self.fused_scores is not None else None
+        s_p = self.position_scores(position) if self.up else None                  # [1, h, n, n]
+        s_item = s_f if self.rsa else self.item_scores(item)
+        if s_p is not None:
+            s_item = s_item + s_p
+        new_item = self.item_attention(s_item, item, mask, training=training)
+        new_fused = self.fused_attention(s_f, fused, mask, training=training) if self.refine_fused else fused
+        if self.hie is not None:
+            new_item = self.hie(new_item, new_fused, valid)
+        new_item = self.item_ffn(new_item, training=training)
+        if self.last:
+            return new_item, new_fused, position
+        if self.fused_ffn is not None:
+            new_fused = self.fused_ffn(new_fused, training=training)
+        new_position = position
+        if self.up:
+            new_position = self.position_ffn(self.position_attention(s_p, position, mask, training=training),
+                                             training=training)
+        return new_item, new_fused, new_position
+
+    def get_config(self):
+        return {**super().get_config(), **self._cfg}

@@ -1,0 +1,108 @@
+"""The shared TFRS retrieval model: any SequenceEncoder + a loss + full-ranking evaluation."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from asif_tf import _env  # noqa: F401
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from asif_tf import metrics as ranking
+from asif_tf.models.base import SequenceEncoder
+
+LOSSES = ("softmax", "sampled")
+
+
+def last_position_vectors(sequence: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+    """Output at the last real item of each right-padded history: float [b, n, d] -> [b, d]."""
+    lengths = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
+    return tf.gather(sequence, tf.maximum(lengths - 1, 0), batch_dims=1)
+
+
+class SequentialRetrievalModel(tfrs.Model):
+    """A tfrs.Model: user (history) tower = the encoder; candidate tower = the item table.
+
+    Training batches: {"history": int [b, n], "labels": int [b, n]}; labels[b, t] is the
+    item that follows history[b, :t+1], or 0 where no loss is taken (every real position
+    for one-sequence training, only the last one for prefix training).
+    Evaluation batches: {"history": int [b, n], "target": int [b]}; evaluation ranks the
+    target against the whole catalogue (``asif_tf.metrics``) and logs hr@K, ndcg@K, mrr.
+
+    loss="softmax": cross-entropy over the whole catalogue (the paper's).
+    loss="sampled": ``tfrs.tasks.Retrieval`` over in-batch negatives, with log-Q correction
+    from ``item_probabilities`` (float [num_items + 1], the sampling frequency of each item
+    as an in-batch candidate) and accidental-hit removal.
+    """
+
+    def __init__(self, encoder: SequenceEncoder, loss: str = "softmax",
+                 item_probabilities: Optional[np.ndarray] = None, eval_chunk_size: int = 65536,
+                 ks: Sequence[int] = ranking.DEFAULT_KS, **kwargs):
+        super().__init__(**kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.encoder, self.loss_name, self.eval_chunk_size = encoder, loss, int(eval_chunk_size)
+        self.ranking = ranking.RankingMetrics(ks, name="ranking")
+        self.aux_loss_tracker = tf.keras.metrics.Mean(name="aux_loss")
+        if loss == "sampled":
+            if item_probabilities is None:
+                raise ValueError("loss='sampled' needs item_probabilities for the log-Q correction")
+            probs = np.asarray(item_probabilities, np.float32)
+            self.item_probabilities = tf.constant(np.maximum(probs, 1e-12))
+            self.task = tfrs.tasks.Retrieval(
+                loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
+                remove_accidental_hits=True, name="retrieval")
+
+    def call(self, history, training=None):
+        """User vectors float [b, d] of right-padded histories int [b, n]."""
+        out = self.encoder(history, training=training)
+        return last_position_vectors(out["sequence"], history)
+
+    def item_embeddings(self) -> tf.Tensor:
+        return self.encoder.item_embeddings()
+
+    def compute_loss(self, features, training=False):
+        history, labels = features["history"], features["labels"]
+        out = self.encoder(history, training=training)
+        mask = labels > 0
+        queries = tf.boolean_mask(out["sequence"], mask)                          # [N, d]
+        targets = tf.boolean_mask(labels, mask)                                   # [N]
+        items = tf.cast(self.item_embeddings(), queries.dtype)
+        if self.loss_name == "softmax":
+            logits = tf.cast(tf.matmul(queries, items, transpose_b=True), tf.float32)  # [N, V + 1]
+            # The padding item is never a candidate.
+            logits += tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)[tf.newaxis]
+            main = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+        else:
+            main = self.task(queries, tf.gather(items, targets),
+                             candidate_sampling_probability=tf.gather(self.item_probabilities, targets),
+                             candidate_ids=targets, compute_metrics=False, training=training)
+        aux = out["aux_loss"]
+        self.aux_loss_tracker.update_state(aux)
+        # Keras sums replica gradients under MirroredStrategy: scale the per-replica mean.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return (main + aux) / tf.cast(replicas, tf.float32)
+
+    def test_step(self, data):
+        vectors = self(data["history"], training=False)
+        ranks = ranking.full_ranking_ranks(tf.cast(vectors, tf.float32), tf.cast(self.item_embeddings(), tf.float32),
+                                           data["target"], self.eval_chunk_size)
+        self.ranking.update_state(ranks)
+        return dict(self.ranking.result())
+
+    def train_step(self, inputs):
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization = tf.add_n(self.losses) if self.losses else tf.zeros([])
+            total = loss + regularization
+        self.optimizer.minimize(total, self.trainable_variables, tape=tape)
+        return {"loss": loss, "aux_loss": self.aux_loss_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.ranking, self.aux_loss_tracker]
+
+    def rank(self, history, target) -> tf.Tensor:
+        """0-based full-ranking ranks of ``target`` for ``history`` (eager helper for tests/tools)."""
+        return ranking.full_ranking_ranks(self(history, training=False), self.item_embeddings(), target,
+                                          self.eval_chunk_size)
