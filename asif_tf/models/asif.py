@@ -63,7 +63,7 @@ class ASIFEncoder(SequenceEncoder):
                       hie_mask_padding=hie_mask_padding, last=(i == num_layers - 1), name=f"asif_layer_{i}")
             for i in range(num_layers)]
 
-    def call(self, history, training=None):
+    def call(self, history, training=None, labels=None):
         n = tf.shape(history)[1]
         valid = valid_mask(history, self.compute_dtype)
         item_emb = self.item_embedding(history)                                   # [b, n, d]

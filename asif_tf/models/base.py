@@ -13,7 +13,8 @@ from asif_tf.layers.embeddings import AttributeEmbedding
 
 
 class SequenceEncoder(tf.keras.layers.Layer):
-    """Base class. ``call(history, training) -> {"sequence": float [b, n, d], "aux_loss": float []}``.
+    """Base class. ``call(history, training=None, labels=None)
+    -> {"sequence": float [b, n, d], "aux_loss": float []}``.
 
     ``history`` is int [b, n], right-padded with item 0. ``sequence[:, t]`` may depend
     only on ``history[:, :t+1]`` (causality), so one sequence can carry a loss at every

@@ -18,6 +18,7 @@ def register(name: str):
 
 
 def available_models():
+    _load_model_modules()
     return sorted(_BUILDERS)
 
 
@@ -40,8 +41,14 @@ def _asif(cfg: ExperimentConfig, info: DatasetInfo) -> SequenceEncoder:
                        fa_temperature=m.fa_temperature, fa_mask_padding=m.fa_mask_padding, name="encoder")
 
 
+def _load_model_modules() -> None:
+    """Baselines register themselves on import (``@register`` in asif_tf/models/baselines/)."""
+    import asif_tf.models.baselines  # noqa: F401
+
+
 def build_encoder(cfg: ExperimentConfig, info: DatasetInfo) -> SequenceEncoder:
     """The encoder named by ``cfg.model.model``, with the dataset's item table loaded."""
+    _load_model_modules()
     name = cfg.model.model
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")

@@ -63,7 +63,7 @@ class SequentialRetrievalModel(tfrs.Model):
 
     def compute_loss(self, features, training=False):
         history, labels = features["history"], features["labels"]
-        out = self.encoder(history, training=training)
+        out = self.encoder(history, training=training, labels=labels)
         mask = labels > 0
         queries = tf.boolean_mask(out["sequence"], mask)                          # [N, d]
         targets = tf.boolean_mask(labels, mask)                                   # [N]
