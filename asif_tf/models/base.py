@@ -19,7 +19,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
     ``history`` is int [b, n], right-padded with item 0. ``sequence[:, t]`` may depend
     only on ``history[:, :t+1]`` (causality), so one sequence can carry a loss at every
     position. ``item_embeddings()`` is the [num_items + 1, d] table that scores items
-    (shared by input and output; row 0 is padding and never scores).
+    (shared by input and output; row 0 is padding and never scores). ``labels`` (int
+    [b, n], the next item at each position, 0 = no loss) is passed during training for
+    auxiliary losses that need the targets (DIF-SR's attribute predictors); ``aux_loss``
+    is already weighted.
     """
 
     def __init__(self, num_items: int, hidden_size: int, max_seq_len: int,
