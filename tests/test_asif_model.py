@@ -1,0 +1,181 @@
+"""ASIF encoder and retrieval model: shapes, causality, ablation switches, FA loss, round trips."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from asif_tf.models import registry
+from asif_tf.models.asif import ASIFEncoder, feature_alignment_loss
+from tests.helpers import histories, tiny_config, tiny_info
+
+
+def build(**overrides):
+    tf.keras.utils.set_random_seed(0)
+    cfg = tiny_config(**overrides)
+    return registry.build_model(cfg, tiny_info()), cfg
+
+
+def sequence_out(model, h):
+    return model.encoder(tf.constant(h), training=False)["sequence"].numpy()
+
+
+def test_shapes():
+    model, cfg = build()
+    h = histories([8, 5, 1])
+    out = model.encoder(tf.constant(h), training=False)
+    assert out["sequence"].shape == (3, 8, 16)
+    assert out["aux_loss"].shape == ()
+    assert model(tf.constant(h)).shape == (3, 16)
+    assert model.item_embeddings().shape == (31, 16)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"fusion": "gate"}, {"fusion": "concat"}, {"rsa": False},
+                                       {"up": False}, {"separate_ffn": False}, {"refine_fused": False}])
+def test_no_leakage_later_items_never_change_earlier_positions(overrides):
+    model, _ = build(**overrides)
+    h = histories([8, 8, 6])
+    base = sequence_out(model, h)
+    for t in range(1, 8):
+        changed = h.copy()
+        changed[:, t:] = np.where(changed[:, t:] > 0, (changed[:, t:] % 30) + 1, 0)
+        out = sequence_out(model, changed)
+        np.testing.assert_allclose(out[:, :t], base[:, :t], atol=1e-5)
+        assert np.abs(out[:2, t] - base[:2, t]).max() > 1e-4
+
+
+def test_leakage_test_detects_non_causal_hie():
+    """The same check catches the research HIE, whose basis mixes every position."""
+    model, _ = build(hie_causal=False)
+    h = histories([8])
+    changed = h.copy()
+    changed[0, 7] = h[0, 7] % 30 + 1
+    assert np.abs(sequence_out(model, changed)[0, :7] - sequence_out(model, h)[0, :7]).max() > 1e-5
+
+
+def test_position_t_of_a_sequence_equals_the_prefix_ending_at_t():
+    """One sequence with a loss at every position trains exactly what every prefix would."""
+    model, _ = build()
+    h = histories([8])
+    full = sequence_out(model, h)[0]
+    for t in range(8):
+        prefix = np.zeros((1, 8), np.int64)
+        prefix[0, :t + 1] = h[0, :t + 1]
+        np.testing.assert_allclose(model(tf.constant(prefix)).numpy()[0], full[t], atol=1e-4)
+
+
+def has(model, fragment):
+    return any(fragment in w.name for w in model.encoder.weights)
+
+
+def test_ablation_switches_remove_exactly_their_part():
+    full, _ = build()
+    h = tf.constant(histories([8, 4]))
+    full(h)
+    assert has(full, "fused_scores") and has(full, "position_scores") and has(full, "position_bases")
+    assert not has(full, "item_scores")
+    base = full(h).numpy()
+    for switch, gone, added in [("rsa", None, "item_scores"), ("up", "position_scores", None),
+                                ("hie", "position_bases", None)]:
+        model, _ = build(**{switch: False})
+        model(h)
+        if gone:
+            assert not has(model, gone), switch
+        if added:
+            assert has(model, added), switch
+        assert np.abs(model(h).numpy() - base).max() > 1e-4, switch
+    # w/o UP: the position embedding is added to the inputs instead of forming a stream.
+    no_up, _ = build(up=False)
+    no_up(h)
+    assert has(no_up, "position_embedding") and not has(no_up, "position_attention")
+    # w/o FA: no auxiliary loss; with FA the loss is lambda times the alignment loss.
+    no_fa, _ = build(fa=False)
+    assert float(no_fa.encoder(h, training=False)["aux_loss"]) == 0.0
+    assert float(full.encoder(h, training=False)["aux_loss"]) > 0.0
+
+
+def numpy_fa(x, a, valid, tau):
+    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)  # padding rows are zero
+    total, count = 0.0, 0
+    for b in range(x.shape[0]):
+        idx = np.flatnonzero(valid[b])
+        s = x[b, idx] @ a[b, idx].T / tau
+        for i in range(len(idx)):
+            row = -s[i, i] + np.log(np.exp(s[i]).sum())
+            col = -s[i, i] + np.log(np.exp(s[:, i]).sum())
+            total += 0.5 * (row + col)
+            count += 1
+    return total / count
+
+
+def test_fa_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    x, a = rng.normal(size=(3, 6, 5)), rng.normal(size=(3, 6, 5))
+    valid = (np.arange(6)[None] < np.array([[6], [3], [1]])).astype(np.float32)
+    got = float(feature_alignment_loss(x.astype(np.float32), a.astype(np.float32), valid, 0.2))
+    assert got == pytest.approx(numpy_fa(x, a, valid, 0.2), rel=1e-4)
+
+
+def test_aux_loss_is_lambda_times_fa():
+    model, cfg = build(lambda_fa=0.3)
+    h = tf.constant(histories([8, 5]))
+    enc = model.encoder
+    x = enc.item_embedding(h).numpy()
+    a = tf.reduce_sum(enc.attribute_embedding(h), axis=2).numpy()
+    want = 0.3 * numpy_fa(x, a, (h.numpy() > 0), 0.2)
+    assert float(enc(h, training=False)["aux_loss"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_attributes_are_looked_up_inside_the_model():
+    """Changing only the item -> attribute table changes ASIF's output."""
+    model, _ = build()
+    h = tf.constant(histories([8]))
+    base = model(h).numpy()
+    info = tiny_info()
+    table = dict(info.item_attributes)
+    table["categories"] = np.roll(table["categories"], 1, axis=0)
+    model.encoder.set_item_table(table)
+    assert np.abs(model(h).numpy() - base).max() > 1e-4
+
+
+def test_config_round_trip_gives_same_outputs():
+    model, _ = build(fusion="gate")
+    h = tf.constant(histories([8, 3]))
+    enc = model.encoder
+    want = enc(h, training=False)["sequence"].numpy()
+    clone = ASIFEncoder.from_config(enc.get_config())
+    clone(h)
+    clone.set_weights(enc.get_weights())
+    np.testing.assert_allclose(clone(h, training=False)["sequence"].numpy(), want, atol=1e-6)
+
+
+def test_savedmodel_round_trip_gives_same_scores(tmp_path):
+    model, _ = build()
+    h = histories([8, 2])
+    want = model(tf.constant(h)).numpy() @ model.item_embeddings().numpy().T
+
+    class Scorer(tf.Module):
+        def __init__(self, m):
+            self.m = m
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64)])
+        def scores(self, history):
+            return tf.matmul(self.m(history, training=False), self.m.item_embeddings(), transpose_b=True)
+
+    tf.saved_model.save(Scorer(model), str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(loaded.scores(tf.constant(h)).numpy(), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled"])
+def test_training_steps_lower_the_loss(loss):
+    tf.keras.utils.set_random_seed(0)
+    cfg = tiny_config()
+    cfg.train.loss = loss
+    model = registry.build_model(cfg, tiny_info())
+    model.compile(tf.keras.optimizers.Adam(1e-2))
+    h = histories([8] * 16, seed=3)
+    batch = {"history": tf.constant(h[:, :-1]), "labels": tf.constant(h[:, 1:])}
+    ds = tf.data.Dataset.from_tensors(batch).repeat(30)
+    first = float(model.compute_loss(batch))
+    model.fit(ds, verbose=0)
+    assert float(model.compute_loss(batch)) < 0.7 * first
