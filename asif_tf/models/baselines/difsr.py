@@ -26,9 +26,10 @@ class DecoupledScoreFusion(tf.keras.layers.Layer):
     - concat: Linear over the concatenated score rows [S_1[i, :L]; ...; S_S[i, :L]] to L, then the first n
     - gate:   sum_s alpha_s S_s[i, :], alpha = softmax_s(w^T tanh(W S_s[i, :L] + c))
     For concat and gate each row is zero-padded to L = max_seq_len keys (DIF-SR's layers are sized by the
-    maximum length). Entries of future keys (j > i) are zeroed before they enter the fusion: in DIF-SR
-    they are not, which lets the scores of past keys depend on later items (a leak under a loss at every
-    position); here the fused row i depends on keys <= i only, as the causal mask then requires.
+    maximum length). Entries of future keys (j > i) are zeroed before they enter the fusion. DIF-SR's
+    code fuses before it adds the mask, so there the fused scores of past keys also read later items
+    (harmless when only the last position carries a loss, a leak when every position does); here the
+    fused row i depends on keys <= i only, so the layer stays causal.
     """
 
     def __init__(self, mode: str = "sum", max_seq_len: int = 50, num_sources: int = 3, init_std: float = 0.02,
@@ -153,6 +154,14 @@ class DIFSREncoder(SequenceEncoder):
         self.attribute_predictors = [
             tf.keras.layers.Dense(self.field_vocab_sizes[f], kernel_initializer=truncated_normal(init_std),
                                   name=f"predict_{f}") for f in self.fields]
+
+    def build(self, input_shape):
+        # The predictors run only when labels are given (training); build them with the rest, so that the
+        # optimizer and checkpoints know their variables from the first (label-free) call.
+        for predictor in self.attribute_predictors:
+            with tf.name_scope(predictor.name):
+                predictor.build(tf.TensorShape([None, self.hidden_size]))
+        super().build(input_shape)
 
     def call(self, history, training=None, labels=None):
         attrs = self.attribute_embedding(history)                                   # [b, n, m, d]

@@ -1,0 +1,513 @@
+"""Reproduction of the paper's tables: ASIF and the baselines on Beauty and Yelp.
+
+Every model goes through the same path: the real preprocessing pipeline
+(``beam_pipelines.preprocess``, s3rec format, 5-core, leave-one-out), the same tf.data
+input, the same full-catalogue softmax loss and the same full-ranking evaluation
+(``asif_tf.train.run``); only the encoder differs. Each model runs in its own run
+directory, so the benchmark is resumable: a model whose run finished is not run again,
+an interrupted one resumes from its last epoch checkpoint.
+
+Settings (the same budget and early-stopping rule for every model):
+  paper  the reference hyper-parameters of ASIF.md: d=256, 4 layers, 8 heads, inner 256,
+         dropout 0.5 / attention 0.3, Adam lr 1e-4, batch 2048 (Beauty) / 1024 (Yelp),
+         lambda_fa 0.01 (Beauty) / 0.1 (Yelp), up to 200 epochs, patience 10. Meant for a GPU.
+  cpu    d=64, 2 layers, 2 heads, inner 256, same dropouts, lr 1e-3, batch 256, up to 100
+         epochs, patience 10 (one sequence per user is ~90 steps per Beauty epoch, so SASRec-style
+         training needs tens of epochs; early stopping ends most runs well before 100).
+Model-specific settings (applied in both): GRU4Rec uses one GRU layer and embedding
+dropout 0.3 (RecBole's defaults); SASRecF is always concatenation (early fusion).
+Attributes: categories only where the data has a typed split (Beauty), as in the paper's
+reference setting; Yelp's single attribute field is its categories.
+
+Outputs under --results_dir (default bench/results/):
+  <dataset>-<setting>.json             per model: valid/test metrics, epochs, best epoch, seconds
+  table-<setting>.md                   Table 2 layout: ours, the paper's, relative difference
+  <dataset>-<setting>-ablations.json,  ablations-<setting>.md   (--ablations, Table 4 layout)
+  <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7)
+  data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
+  runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
+
+Examples:
+  python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
+  python bench/reproduce.py --setting paper                       # on a GPU machine
+  python bench/reproduce.py --models sasrec,asif --datasets beauty --max_epochs 1   # smoke
+  python bench/reproduce.py --ablations --datasets beauty
+  python bench/reproduce.py --sweep lambda --datasets beauty
+  python bench/reproduce.py --datasets mini=/path/to/s3rec_dir --models sasrec   # any s3rec directory
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from asif_tf import _env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from asif_tf.config import MODELS, ExperimentConfig  # noqa: E402
+
+_LOG = logging.getLogger("reproduce")
+
+DEFAULT_MODELS = ("sasrec", "sasrecf", "fdsa", "nova", "difsr", "gru4rec", "asif")
+METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
+SHORT = {"hr@10": "H@10", "hr@20": "H@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
+
+# The paper's full-ranking numbers (ASIF.md): model -> dataset -> (H@10, H@20, N@10, N@20).
+PAPER: Dict[str, Dict[str, Tuple[float, float, float, float]]] = {
+    "sasrec": {"beauty": (.0861, .1225, .0424, .0516), "yelp": (.0647, .0936, .0398, .0471)},
+    "sasrecf": {"beauty": (.0776, .1082, .0447, .0540), "yelp": (.0467, .0749, .0249, .0319)},
+    "fdsa": {"beauty": (.0839, .1209, .0439, .0532), "yelp": (.0668, .0966, .0403, .0478)},
+    "nova": {"beauty": (.0866, .1240, .0441, .0535), "yelp": (.0670, .0952, .0407, .0478)},
+    "difsr": {"beauty": (.0871, .1234, .0434, .0526), "yelp": (.0673, .0988, .0412, .0491)},
+    "asif": {"beauty": (.0922, .1322, .0453, .0554), "yelp": (.0768, .1131, .0452, .0543)},
+}
+# Table 4: variant -> dataset -> (H@20, N@20).
+PAPER_ABLATIONS: Dict[str, Dict[str, Tuple[float, float]]] = {
+    "asif": {"beauty": (.1322, .0554), "yelp": (.1131, .0543)},
+    "asif-no_rsa": {"beauty": (.1292, .0540), "yelp": (.1075, .0524)},
+    "asif-no_hie": {"beauty": (.1255, .0543), "yelp": (.0996, .0493)},
+    "asif-no_up": {"beauty": (.1298, .0550), "yelp": (.1077, .0522)},
+    "asif-no_fa": {"beauty": (.1317, .0544), "yelp": (.1108, .0534)},
+}
+ABLATIONS = {"asif": {}, "asif-no_rsa": {"rsa": False}, "asif-no_hie": {"hie": False},
+             "asif-no_up": {"up": False}, "asif-no_fa": {"fa": False}}
+ABLATION_LABELS = {"asif": "ASIF", "asif-no_rsa": "w/o RSA", "asif-no_hie": "w/o HIE", "asif-no_up": "w/o UP",
+                   "asif-no_fa": "w/o FA"}
+MODEL_LABELS = {"sasrec": "SASRec", "sasrecf": "SASRecF", "fdsa": "FDSA", "nova": "NOVA", "difsr": "DIF-SR",
+                "gru4rec": "GRU4Rec", "asif": "ASIF"}
+# Sweeps of ASIF (paper Figure 6: lambda and r; Figure 7: the fusion function gamma).
+SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
+          "r": ("num_bases", (2, 4, 8, 16, 32, 64)),
+          "fusion": ("fusion", ("sum", "concat", "gate"))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    input_dir: pathlib.Path
+    preprocess_args: Tuple[str, ...]      # extra flags of beam_pipelines.preprocess
+    attributes: str                       # cache key of the attribute choice
+
+
+def known_datasets(data_root: pathlib.Path, attributes: str) -> Dict[str, Dataset]:
+    """beauty and yelp from ``data_root`` (../shared/data). ``attributes``: paper = categories only
+    where a typed split exists; all = every attribute id of the merged file."""
+    beauty_args = ("--attributes", "typed", "--attribute_fields", "categories") if attributes == "paper" \
+        else ("--attributes", "merged")
+    return {"beauty": Dataset("beauty", data_root / "beauty", beauty_args,
+                              "categories" if attributes == "paper" else "all"),
+            "yelp": Dataset("yelp", data_root / "yelp", ("--attributes", "merged"), "all")}
+
+
+def setting_config(setting: str, dataset: str) -> ExperimentConfig:
+    """The shared hyper-parameters of a setting (every model gets these)."""
+    cfg = ExperimentConfig()
+    m, t = cfg.model, cfg.train
+    if setting == "paper":
+        m.hidden_size, m.num_layers, m.num_heads, m.inner_size = 256, 4, 8, 256
+        t.learning_rate, t.epochs, t.patience = 1e-4, 200, 10
+        t.batch_size = 1024 if dataset == "yelp" else 2048
+    elif setting == "cpu":
+        m.hidden_size, m.num_layers, m.num_heads, m.inner_size = 64, 2, 2, 256
+        t.learning_rate, t.epochs, t.patience, t.batch_size = 1e-3, 100, 10, 256
+    else:
+        raise ValueError(f"unknown setting {setting!r}; expected paper or cpu")
+    m.dropout, m.attention_dropout, m.init_std, m.layer_norm_eps = 0.5, 0.3, 0.02, 1e-12
+    m.attribute_pooling = "sum"
+    m.lambda_fa = 0.1 if dataset == "yelp" else 0.01
+    cfg.data.max_seq_len = 50
+    t.loss, t.eval_batch_size = "softmax", 512
+    return cfg
+
+
+def model_config(base: ExperimentConfig, model: str, overrides: Optional[dict] = None) -> ExperimentConfig:
+    """``base`` with the model selected, its model-specific settings, then ``overrides`` (ModelConfig fields)."""
+    cfg = copy.deepcopy(base)
+    cfg.model.model = model
+    if model == "gru4rec":
+        cfg.model.num_layers, cfg.model.dropout = 1, 0.3          # RecBole's GRU4Rec defaults
+    for key, value in (overrides or {}).items():
+        if not hasattr(cfg.model, key):
+            raise ValueError(f"unknown model config field {key!r}")
+        setattr(cfg.model, key, value)
+    return cfg.validate()
+
+
+# ----------------------------------------------------------------------- data
+
+
+def prepare_dataset(ds: Dataset, results_dir: pathlib.Path) -> str:
+    """The preprocessed directory of ``ds`` under results_dir/data/, built once and reused."""
+    data_root = results_dir / "data"
+    _ignore_in_git(data_root)
+    out = data_root / f"{ds.name}-{ds.attributes}"
+    if (out / "metadata.json").exists():
+        _LOG.info("dataset %s: using the cached %s", ds.name, out)
+        return str(out)
+    if not ds.input_dir.is_dir():
+        raise SystemExit(f"error: dataset {ds.name}: input directory {ds.input_dir} does not exist "
+                         "(set --data_root to the directory holding beauty/ and yelp/)")
+    from beam_pipelines import preprocess
+    started = time.time()
+    _LOG.info("dataset %s: preprocessing %s -> %s", ds.name, ds.input_dir, out)
+    meta = preprocess.run(["--format", "s3rec", "--input", str(ds.input_dir), "--output_dir", str(out),
+                           "--overwrite", *ds.preprocess_args])
+    _LOG.info("dataset %s: %d users, %d items, %d interactions, fields %s (%.0f s)", ds.name, meta["num_users"],
+              meta["num_items"], meta["num_interactions"], meta["attribute_fields"], time.time() - started)
+    return str(out)
+
+
+def _ignore_in_git(path: pathlib.Path) -> None:
+    """Generated data and runs never belong in the repository."""
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# generated by bench/reproduce.py\n*\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------- runs
+
+
+def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
+    """Train/evaluate ``cfg`` in ``run_dir`` unless that run already finished; returns its metrics.json."""
+    metrics_path, state_path = run_dir / "metrics.json", run_dir / "state.json"
+    if metrics_path.exists() and state_path.exists():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if state.get("stopped_early") or state.get("epoch", 0) >= cfg.train.epochs:
+            _LOG.info("%s: finished earlier (%d epochs), reusing %s", run_dir.name, state.get("epoch", 0),
+                      metrics_path)
+            return json.loads(metrics_path.read_text(encoding="utf-8"))
+    import tensorflow as tf
+    from asif_tf import train
+    cfg.train.run_dir = str(run_dir)
+    tf.keras.backend.clear_session()
+    started = time.time()
+    _LOG.info("%s: training %s (d=%d, L=%d, h=%d, lr=%g, batch %d, <= %d epochs, patience %d)", run_dir.name,
+              cfg.model.model, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads,
+              cfg.train.learning_rate, cfg.train.batch_size, cfg.train.epochs, cfg.train.patience)
+    metrics = train.run(cfg)
+    _LOG.info("%s: done in %.0f s wall (%d epochs, best %d, %.0f s training): test H@20 %.4f N@20 %.4f",
+              run_dir.name, time.time() - started, metrics["epochs"], metrics["best_epoch"], metrics["seconds"],
+              metrics["test"]["hr@20"], metrics["test"]["ndcg@20"])
+    return metrics
+
+
+def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
+    return {"test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
+            "valid": {k: metrics["valid"][k] for k in (*METRICS, "mrr") if k in metrics["valid"]},
+            "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
+            "stopped_early": metrics["stopped_early"], "train_seconds": metrics["seconds"],
+            "seconds_per_epoch": round(metrics["seconds"] / max(metrics["epochs"], 1), 2),
+            "run_dir": str(run_dir), "model_config": dataclasses.asdict(cfg.model)}
+
+
+class ResultFile:
+    """A JSON results file rewritten (atomically) after every finished run."""
+
+    def __init__(self, path: pathlib.Path, header: dict):
+        self.path = path
+        self.data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        self.data.update(header)
+        self.data.setdefault("runs", {})
+
+    def add(self, key: str, summary: dict) -> None:
+        self.data["runs"][key] = summary
+        self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def header(ds: Dataset, setting: str, data_dir: str, base: ExperimentConfig) -> dict:
+    return {"dataset": ds.name, "setting": setting, "data_dir": data_dir, "attributes": ds.attributes,
+            "shared_config": {"data": dataclasses.asdict(base.data), "train": {
+                k: v for k, v in dataclasses.asdict(base.train).items() if k not in ("run_dir", "export_dir")}},
+            "device": _device()}
+
+
+def _device() -> str:
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"{len(gpus)} GPU(s)" if gpus else f"CPU ({os.cpu_count()} cores)"
+
+
+# ----------------------------------------------------------------------- tables
+
+
+def _rel(ours: float, paper: float) -> str:
+    return f"{(ours - paper) / paper:+.1%}"
+
+
+def main_table(results_dir: pathlib.Path, setting: str, datasets: Sequence[str], models: Sequence[str]) -> str:
+    """Table 2 layout: one row per model and source (ours / paper / relative difference)."""
+    loaded = {d: _load(results_dir / f"{d}-{setting}.json") for d in datasets}
+    cols = [f"{d.capitalize()} {SHORT[m]}" for d in datasets for m in METRICS]
+    lines = [f"Full-ranking test metrics, setting `{setting}` (ours) vs the paper (ASIF.md).", "",
+             "| model | source | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for model in models:
+        ours, paper, diff = [], [], []
+        for d in datasets:
+            run = loaded[d].get("runs", {}).get(model)
+            ref = PAPER.get(model, {}).get(d)
+            for i, metric in enumerate(METRICS):
+                value = run["test"][metric] if run else None
+                ours.append(f"{value:.4f}" if value is not None else "–")
+                paper.append(f"{ref[i]:.4f}" if ref else "–")
+                diff.append(_rel(value, ref[i]) if (value is not None and ref) else "–")
+        label = MODEL_LABELS.get(model, model)
+        lines.append(f"| {label} | ours | " + " | ".join(ours) + " |")
+        if any(PAPER.get(model, {}).get(d) for d in datasets):
+            lines.append(f"| {label} | paper | " + " | ".join(paper) + " |")
+            lines.append(f"| {label} | rel. diff | " + " | ".join(diff) + " |")
+    lines += ["", _cost_lines(loaded, models)]
+    return "\n".join(lines) + "\n"
+
+
+def _cost_lines(loaded: Dict[str, dict], keys: Sequence[str]) -> str:
+    rows = ["| dataset | model | epochs (best) | early stop | training s | s/epoch |", "|---|---|---|---|---|---|"]
+    for d, data in loaded.items():
+        for key in keys:
+            run = data.get("runs", {}).get(key)
+            if run:
+                rows.append(f"| {d} | {key} | {run['epochs']} ({run['best_epoch']}) | "
+                            f"{'yes' if run['stopped_early'] else 'no'} | {run['train_seconds']:.0f} | "
+                            f"{run['seconds_per_epoch']:.1f} |")
+    return "Cost:\n\n" + "\n".join(rows)
+
+
+def ablation_table(results_dir: pathlib.Path, setting: str, datasets: Sequence[str]) -> str:
+    """Table 4 layout: H@20 and N@20 per dataset for ASIF and each w/o variant."""
+    loaded = {d: _load(results_dir / f"{d}-{setting}-ablations.json") for d in datasets}
+    cols = [f"{d.capitalize()} {SHORT[m]}" for d in datasets for m in ("hr@20", "ndcg@20")]
+    lines = [f"Ablation (paper Table 4), setting `{setting}`: ours / paper (rel. diff).", "",
+             "| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for variant in ABLATIONS:
+        cells = []
+        for d in datasets:
+            run = loaded[d].get("runs", {}).get(variant)
+            ref = PAPER_ABLATIONS[variant].get(d)
+            for i, metric in enumerate(("hr@20", "ndcg@20")):
+                value = run["test"][metric] if run else None
+                if value is None:
+                    cells.append("–" if not ref else f"– / {ref[i]:.4f}")
+                elif ref:
+                    cells.append(f"{value:.4f} / {ref[i]:.4f} ({_rel(value, ref[i])})")
+                else:
+                    cells.append(f"{value:.4f}")
+        lines.append(f"| {ABLATION_LABELS[variant]} | " + " | ".join(cells) + " |")
+    lines += ["", _cost_lines(loaded, list(ABLATIONS))]
+    return "\n".join(lines) + "\n"
+
+
+def _load(path: pathlib.Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def plot_sweep(path_json: pathlib.Path, sweep: str) -> Optional[pathlib.Path]:
+    """H@20 and N@20 (test and valid) against the swept value; None when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _LOG.warning("matplotlib is not installed (pip install matplotlib==3.10.8): %s stays JSON only", path_json)
+        return None
+    data = _load(path_json)
+    points = data.get("points", [])
+    if not points:
+        return None
+    labels = [str(p["value"]) for p in points]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("hr@20", "ndcg@20")):
+        for split, style in (("test", "o-"), ("valid", "s--")):
+            ax.plot(range(len(points)), [p[split][metric] for p in points], style, label=split)
+        ax.set_xticks(range(len(points)), labels)
+        ax.set_xlabel(SWEEPS[sweep][0])
+        ax.set_title(f"{data['dataset']} {SHORT[metric]}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"ASIF, sweep of {SWEEPS[sweep][0]} (setting {data['setting']})")
+    fig.tight_layout()
+    out = path_json.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+# ----------------------------------------------------------------------- driver
+
+
+def variant_name(model: str, overrides: dict) -> str:
+    return model + "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def parse_datasets(spec: str, data_root: pathlib.Path, attributes: str) -> List[Dataset]:
+    known = known_datasets(data_root, attributes)
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "=" in item:          # NAME=DIR: any s3rec-format directory (no paper numbers)
+            name, path = item.split("=", 1)
+            out.append(Dataset(name, pathlib.Path(path), (), "all"))
+        elif item in known:
+            out.append(known[item])
+        else:
+            raise SystemExit(f"error: --datasets: unknown dataset {item!r}; expected beauty, yelp or NAME=DIR")
+    if not out:
+        raise SystemExit("error: --datasets is empty")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/reproduce.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"Comma-separated models (of {', '.join(MODELS)}). Default: %(default)s")
+    parser.add_argument("--datasets", default="beauty,yelp",
+                        help="Comma-separated: beauty, yelp (from --data_root), or NAME=DIR for any s3rec-format "
+                             "directory. Default: %(default)s")
+    parser.add_argument("--setting", choices=("cpu", "paper"), default="cpu",
+                        help="Hyper-parameter setting shared by all models (see above). Default: %(default)s")
+    parser.add_argument("--max_epochs", type=int, default=None,
+                        help="Override the setting's maximum number of epochs (a finished run with fewer epochs "
+                             "and no early stop is resumed up to the new maximum).")
+    parser.add_argument("--patience", type=int, default=None, help="Override the early-stopping patience.")
+    parser.add_argument("--batch_size", type=int, default=None, help="Override the training batch size.")
+    parser.add_argument("--training_samples", choices=("sequence", "prefix"), default="sequence",
+                        help="sequence: a loss at every position of one sequence per user (all models here are "
+                             "causal, ASIF with causal HIE); prefix: every prefix predicts its next item, the "
+                             "paper's protocol, 5-10x more steps. Default: %(default)s")
+    parser.add_argument("--attributes", choices=("paper", "all"), default="paper",
+                        help="paper: Beauty uses its categories only (typed split), as the reference setting; "
+                             "all: every attribute id (brand + categories merged). Default: %(default)s")
+    parser.add_argument("--ablations", action="store_true",
+                        help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
+                        help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
+                             "(num_bases, Fig. 6) or fusion (gamma, Fig. 7).")
+    parser.add_argument("--sweep_values", default=None,
+                        help="Comma-separated values for --sweep (default: "
+                             + "; ".join(f"{k}: {','.join(map(str, v[1]))}" for k, v in SWEEPS.items()) + ").")
+    parser.add_argument("--data_root", default=str(REPO.parent / "shared" / "data"),
+                        help="Directory holding beauty/ and yelp/ in S3-Rec format. Default: %(default)s")
+    parser.add_argument("--results_dir", default=str(REPO / "bench" / "results"),
+                        help="Where results, the cached datasets and the run directories go. Default: %(default)s")
+    parser.add_argument("--seed", type=int, default=42, help="Random seed of every run. Default: %(default)s")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                        help="Keras verbosity of each run. Default: %(default)s")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    for noisy in ("apache_beam", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    models = [m for m in (s.strip() for s in args.models.split(",")) if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {', '.join(MODELS)}")
+    if args.ablations and args.sweep:
+        parser.error("--ablations and --sweep are separate runs; give one of them")
+    for name in ("max_epochs", "patience", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    datasets = parse_datasets(args.datasets, pathlib.Path(args.data_root), args.attributes)
+    results_dir = pathlib.Path(args.results_dir).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _ignore_in_git(results_dir / "runs")
+
+    # What to run: (result key, model, ModelConfig overrides).
+    if args.ablations:
+        plan = [(name, "asif", overrides) for name, overrides in ABLATIONS.items()]
+        suffix = "-ablations"
+    elif args.sweep:
+        field, values = SWEEPS[args.sweep]
+        if args.sweep_values:
+            kind = type(values[0])
+            try:
+                values = tuple(kind(v) for v in args.sweep_values.split(","))
+            except ValueError:
+                parser.error(f"--sweep_values: expected {kind.__name__} values for {args.sweep}")
+        plan = [(f"{field}={v}", "asif", {field: v}) for v in values]
+        suffix = f"-sweep-{args.sweep}"
+    else:
+        plan = [(m, m, {}) for m in models]
+        suffix = ""
+
+    started = time.time()
+    for ds in datasets:
+        data_dir = prepare_dataset(ds, results_dir)
+        base = setting_config(args.setting, ds.name)
+        base.data.data_dir = data_dir
+        t = base.train
+        t.training_samples, t.seed, t.verbose = args.training_samples, args.seed, args.verbose
+        if args.max_epochs is not None:
+            t.epochs = args.max_epochs
+        if args.patience is not None:
+            t.patience = args.patience
+        if args.batch_size is not None:
+            t.batch_size = args.batch_size
+        results = ResultFile(results_dir / f"{ds.name}-{args.setting}{suffix}.json",
+                             header(ds, args.setting, data_dir, base))
+        for key, model, overrides in plan:
+            cfg = model_config(base, model, overrides)
+            # A variant equal to plain ASIF (e.g. the sweep's default point) shares its run directory.
+            default = model_config(base, model)
+            run_name = model if cfg.to_dict() == default.to_dict() else variant_name(model, overrides)
+            run_dir = results_dir / "runs" / f"{ds.name}-{args.setting}" / run_name
+            t0 = time.time()
+            metrics = run_one(cfg, run_dir)
+            summary = summarize(metrics, cfg, run_dir)
+            summary["wall_seconds_this_invocation"] = round(time.time() - t0, 1)
+            if args.sweep:
+                summary["value"] = overrides[SWEEPS[args.sweep][0]]
+            results.add(key, summary)
+            _LOG.info("[%s %s] %s: test %s", ds.name, args.setting, key,
+                      "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
+        if args.sweep:
+            results.data["points"] = [dict(results.data["runs"][k], key=k) for k, _, _ in plan]
+            results.data["swept"] = SWEEPS[args.sweep][0]
+            results.write()
+            png = plot_sweep(results.path, args.sweep)
+            _LOG.info("sweep %s on %s: %s%s", args.sweep, ds.name, results.path, f", {png}" if png else "")
+        _LOG.info("wrote %s", results.path)
+
+    names = [ds.name for ds in datasets]
+    # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
+    names += [d for d in ("beauty", "yelp") if d not in names
+              and (results_dir / f"{d}-{args.setting}{suffix}.json").exists()]
+    if not args.ablations and not args.sweep:
+        done = set()
+        for d in names:
+            done |= set(_load(results_dir / f"{d}-{args.setting}.json").get("runs", {}))
+        models = models + [m for m in DEFAULT_MODELS if m in done and m not in models]
+    if args.ablations:
+        table_path = results_dir / f"ablations-{args.setting}.md"
+        table_path.write_text(ablation_table(results_dir, args.setting, names), encoding="utf-8")
+    elif not args.sweep:
+        table_path = results_dir / f"table-{args.setting}.md"
+        table_path.write_text(main_table(results_dir, args.setting, names, models), encoding="utf-8")
+    else:
+        table_path = None
+    if table_path:
+        _LOG.info("wrote %s", table_path)
+        print("\n" + table_path.read_text(encoding="utf-8"))
+    _LOG.info("all done in %.0f s", time.time() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
