@@ -9,7 +9,9 @@ INSTALL_REQUIRES = [
     "tensorflow-recommenders==0.7.7",
     "tensorflow-serving-api==2.21.0",
     "apache-beam[tfrecord]==2.77.0",
-    "keras-tuner==1.4.8",
+    "keras-tuner[bayesian]==1.4.8",
+    "scipy==1.17.1",          # keras-tuner's BayesianOptimization
+    "scikit-learn==1.9.1",
     "tensorboard==2.21.0",
     "protobuf==6.33.6",
     "numpy==2.4.6",

@@ -119,7 +119,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         self.run.write_json(self.run.state, st)   # written last: the checkpoint it names exists
 
 
-def _build_variables(model, optimizer) -> None:
+def build_variables(model, optimizer) -> None:
     """Creates model and optimizer variables so a checkpoint restores into them immediately."""
     model(tf.zeros([1, 2], tf.int64), training=False)
     optimizer.build(model.trainable_variables)
@@ -129,8 +129,6 @@ def run(cfg: ExperimentConfig) -> dict:
     cfg.validate()
     t_start = time.time()
     data_dir = cfg.data.data_dir or ensure_builtin_dataset(cfg.data.builtin_dir)
-    if not cfg.data.data_dir:
-        cfg.data.data_dir = ""  # the built-in dataset stays "default" in the saved config
     run_dir = cfg.train.run_dir or os.path.join("runs", f"{cfg.model.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.train.run_dir = run_dir
     run = _Run(run_dir)
@@ -151,7 +149,7 @@ def run(cfg: ExperimentConfig) -> dict:
         model = registry.build_model(cfg, info)
         optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate)
         model.compile(optimizer=optimizer)
-        _build_variables(model, optimizer)
+        build_variables(model, optimizer)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     latest = tf.train.latest_checkpoint(run.checkpoints)
     if latest and state["epoch"] > 0:
