@@ -27,8 +27,9 @@ Signatures (all inputs and outputs are batch-major):
     ``history`` as above -> ``user_embedding``: tf.float32 [batch, d], the user
     vector whose dot product with an item embedding is the item's score.
 
-Top-k is an exact matmul against the whole item table plus ``tf.math.top_k``: only
-stock TensorFlow ops, so the stock server binary runs it.
+Top-k is exact: a matmul against the whole item table, then ``tf.math.top_k`` (in two
+passes over block maxima for catalogues over 2,048 items, same result, see
+``exact_top_k``). Only stock TensorFlow ops, so the stock server binary runs it.
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 EXPORT_INFO_FILE = "asif_export.json"
 DEFAULT_MODEL_NAME = "asif"
 DEFAULT_K = 10
+# Catalogues over 2 x this many items take the top-k in two passes (see exact_top_k).
+TOP_K_CHUNK = 1024
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -98,6 +101,32 @@ def read_item_vocab(data_dir: str, num_items: int) -> List[str]:
 
 def item_vocab_path(data_dir: str) -> str:
     return os.path.join(data_dir, schema.VOCAB_DIR, schema.ITEM_VOCAB_FILE)
+
+
+def exact_top_k(scores: tf.Tensor, k: int, chunk_size: int = 0):
+    """``tf.math.top_k(scores, k)`` (same values, same indices, ties to the lower index) for
+    float [b, n] with static n, in two passes when ``chunk_size`` splits n into blocks.
+
+    Block maxima bound the answer: the k largest block maxima are k distinct scores, so the
+    k-th best score is at least the k-th largest block maximum, and every top-k item sits in
+    one of the k blocks with the largest maxima. A reduce_max over all scores plus a top_k
+    over k blocks replaces one top_k over all n scores, which on CPU costs about 10 ns per
+    element per row (300 ms for 32 users x 1M items).
+    """
+    n = int(scores.shape[1])
+    if not chunk_size or n <= 2 * chunk_size:
+        return tf.math.top_k(scores, k=k)
+    blocks_count = -(-n // chunk_size)
+    batch = tf.shape(scores)[0]
+    padded = tf.pad(scores, [[0, 0], [0, blocks_count * chunk_size - n]], constant_values=-np.inf)
+    blocks = tf.reshape(padded, [batch, blocks_count, chunk_size])
+    kept = min(k, blocks_count)
+    _, best = tf.math.top_k(tf.reduce_max(blocks, axis=2), k=kept)                 # [b, kept]
+    best = tf.sort(best, axis=1)          # ascending block order keeps ties on the lower index
+    candidates = tf.reshape(tf.gather(blocks, best, batch_dims=1), [batch, kept * chunk_size])
+    values, where = tf.math.top_k(candidates, k=k)
+    indices = tf.gather(best, where // chunk_size, batch_dims=1) * chunk_size + where % chunk_size
+    return values, indices
 
 
 def most_popular(item_counts: np.ndarray, k: int) -> np.ndarray:
@@ -183,7 +212,7 @@ class RecommenderServingModule(tf.Module):
             banned = tf.concat([banned, seen], axis=0)
         scores = tf.tensor_scatter_nd_update(
             scores, banned, tf.fill(tf.shape(banned)[:1], tf.constant(-np.inf, tf.float32)))
-        top_scores, top_ids = tf.math.top_k(scores, k=self.k)
+        top_scores, top_ids = exact_top_k(scores, self.k, TOP_K_CHUNK)
         top_ids = tf.cast(top_ids, tf.int64)
         fallback = empty[:, tf.newaxis]
         top_ids = tf.where(fallback, self.popular_ids[tf.newaxis], top_ids)
