@@ -205,23 +205,31 @@ def _column_index(path: str, names: Sequence[str], name: str, flag: str) -> int:
     return names.index(name)
 
 
-@dataclasses.dataclass(frozen=True)
-class RecBoleInteractions:
-    """RecBole ``.inter``: tab-separated with a ``name:type`` header."""
+class _HeaderedInteractions:
+    """The record loop shared by the header-plus-rows interaction formats (RecBole .inter,
+    CSV): subclasses say how to read the header, split a row and parse a time."""
 
-    user_column: str = "user_id"
-    item_column: str = "item_id"
-    time_column: str = "timestamp"
+    header_desc = "a header line"
+    columns_desc = "columns"
+    time_error = "is not a number"
+
+    def header_names(self, path: str, text: str) -> List[str]:
+        raise NotImplementedError
+
+    def split(self, text: str) -> List[str]:
+        raise NotImplementedError
+
+    def parse_time(self, cell: str) -> float:
+        return _number(cell)
 
     def records(self, path: str, file_index: int):
         lines = iter_lines(path)
-        columns = None
-        for line_no, raw in lines:
-            columns = _recbole_header(path, raw.decode("utf-8", "replace"))
+        names = None
+        for _, raw in lines:
+            names = self.header_names(path, raw.decode("utf-8", "replace"))
             break
-        if columns is None:
-            raise ValueError(f"{path}: the file is empty, expected a RecBole header line")
-        names = [c[0] for c in columns]
+        if names is None:
+            raise ValueError(f"{path}: the file is empty, expected {self.header_desc}")
         u = _column_index(path, names, self.user_column, "--user_column")
         i = _column_index(path, names, self.item_column, "--item_column")
         t = (_column_index(path, names, self.time_column, "--time_column")
@@ -234,9 +242,13 @@ class RecBoleInteractions:
                 continue
             if not text.strip():
                 continue
-            cells = text.split("\t")
+            try:
+                cells = self.split(text)
+            except csv.Error as e:
+                yield _bad_line(path, line_no, f"not a delimited line: {e}", text)
+                continue
             if len(cells) != n:
-                yield _bad_line(path, line_no, f"expected {n} tab-separated columns {names}, "
+                yield _bad_line(path, line_no, f"expected {n} {self.columns_desc} {names}, "
                                 f"got {len(cells)}", text)
                 continue
             user, item = _token(cells[u]), _token(cells[i])
@@ -247,12 +259,30 @@ class RecBoleInteractions:
             time = 0.0
             if t is not None:
                 try:
-                    time = _number(cells[t])
+                    time = self.parse_time(cells[t])
                 except ValueError:
-                    yield _bad_line(path, line_no, f"{self.time_column!r} is not a number: "
+                    yield _bad_line(path, line_no, f"{self.time_column!r} {self.time_error}: "
                                     f"{cells[t]!r}", text)
                     continue
             yield user, ((time, file_index, line_no), [item])
+
+
+@dataclasses.dataclass(frozen=True)
+class RecBoleInteractions(_HeaderedInteractions):
+    """RecBole ``.inter``: tab-separated with a ``name:type`` header."""
+
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"
+
+    header_desc = "a RecBole header line"
+    columns_desc = "tab-separated columns"
+
+    def header_names(self, path: str, text: str) -> List[str]:
+        return [c[0] for c in _recbole_header(path, text)]
+
+    def split(self, text: str) -> List[str]:
+        return text.split("\t")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +484,7 @@ def _split_csv_line(text: str, delimiter: str) -> List[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class CsvInteractions:
+class CsvInteractions(_HeaderedInteractions):
     """A delimited file whose header names the user, item and time columns."""
 
     user_column: str = "user_id"
@@ -462,50 +492,16 @@ class CsvInteractions:
     time_column: str = "timestamp"
     delimiter: str = ","
 
-    def records(self, path: str, file_index: int):
-        lines = iter_lines(path)
-        names = None
-        for _, raw in lines:
-            names = [c.strip() for c in _split_csv_line(raw.decode("utf-8", "replace"),
-                                                         self.delimiter)]
-            break
-        if names is None:
-            raise ValueError(f"{path}: the file is empty, expected a header line")
-        u = _column_index(path, names, self.user_column, "--user_column")
-        i = _column_index(path, names, self.item_column, "--item_column")
-        t = (_column_index(path, names, self.time_column, "--time_column")
-             if self.time_column else None)
-        n = len(names)
-        for line_no, raw in lines:
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
-                continue
-            try:
-                cells = _split_csv_line(text, self.delimiter)
-            except csv.Error as e:
-                yield _bad_line(path, line_no, f"not a delimited line: {e}", text)
-                continue
-            if len(cells) != n:
-                yield _bad_line(path, line_no, f"expected {n} columns {names}, got {len(cells)}",
-                                text)
-                continue
-            user, item = _token(cells[u]), _token(cells[i])
-            if user is None or item is None:
-                yield _bad_line(path, line_no, f"empty {self.user_column!r} or "
-                                f"{self.item_column!r}", text)
-                continue
-            time = 0.0
-            if t is not None:
-                try:
-                    time = _time_value(cells[t])
-                except ValueError:
-                    yield _bad_line(path, line_no, f"{self.time_column!r} is neither a number "
-                                    f"nor an ISO-8601 date-time: {cells[t]!r}", text)
-                    continue
-            yield user, ((time, file_index, line_no), [item])
+    time_error = "is neither a number nor an ISO-8601 date-time"
+
+    def header_names(self, path: str, text: str) -> List[str]:
+        return [c.strip() for c in _split_csv_line(text, self.delimiter)]
+
+    def split(self, text: str) -> List[str]:
+        return _split_csv_line(text, self.delimiter)
+
+    def parse_time(self, cell: str) -> float:
+        return _time_value(cell)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
-from asif_tf.layers.initializers import truncated_normal
 
 from asif_tf.layers.asif_layer import ASIFLayer
 from asif_tf.layers.fusion import Fusion
@@ -51,8 +50,6 @@ class ASIFEncoder(SequenceEncoder):
         self.up, self.fa = up, fa and lambda_fa > 0
         self.lambda_fa, self.fa_temperature, self.fa_mask_padding = lambda_fa, fa_temperature, fa_mask_padding
         self.uses_fused = rsa or hie
-        self.position_embedding = tf.keras.layers.Embedding(max_seq_len, hidden_size, embeddings_initializer=truncated_normal(init_std),
-                                                            name="position_embedding")
         self.input_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="input_norm")
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.fusion = Fusion(fusion, hidden_size, init_std, name="fusion") if self.uses_fused else None
@@ -67,7 +64,7 @@ class ASIFEncoder(SequenceEncoder):
         n = tf.shape(history)[1]
         valid = valid_mask(history, self.compute_dtype)
         item_emb = self.item_embedding(history)                                   # [b, n, d]
-        positions = self.position_embedding(tf.range(n))[tf.newaxis]              # [1, n, d]
+        positions = self.position_vectors(n)              # [1, n, d]
         x = item_emb if self.up else item_emb + positions
         item = self.input_dropout(self.input_norm(x), training=training)
         fused, attrs = None, None

@@ -28,14 +28,19 @@ class SequenceEncoder(tf.keras.layers.Layer):
     def __init__(self, num_items: int, hidden_size: int, max_seq_len: int,
                  field_vocab_sizes: Optional[Dict[str, int]] = None,
                  field_max_tokens: Optional[Dict[str, int]] = None, attribute_pooling: str = "sum",
-                 init_std: float = 0.02, uses_attributes: bool = True, **kwargs):
+                 init_std: float = 0.02, uses_attributes: bool = True, uses_positions: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.num_items, self.hidden_size, self.max_seq_len = int(num_items), int(hidden_size), int(max_seq_len)
         self.field_vocab_sizes = dict(field_vocab_sizes or {})
         self.field_max_tokens = dict(field_max_tokens or {})
         self.attribute_pooling, self.init_std = attribute_pooling, init_std
         self.item_embedding = tf.keras.layers.Embedding(self.num_items + 1, hidden_size,
-                                                        embeddings_initializer=truncated_normal(init_std), name="item_embedding")
+                                                        embeddings_initializer=truncated_normal(init_std),
+                                                        name="item_embedding")
+        # Absolute positions 0..n-1 of the right-padded window; GRU4Rec has none.
+        self.position_embedding = tf.keras.layers.Embedding(
+            self.max_seq_len, hidden_size, embeddings_initializer=truncated_normal(init_std),
+            name="position_embedding") if uses_positions else None
         self.attribute_embedding = None
         if uses_attributes:
             if not self.field_vocab_sizes:
@@ -43,6 +48,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
             self.attribute_embedding = AttributeEmbedding(
                 self.num_items, self.field_vocab_sizes, self.field_max_tokens, hidden_size,
                 pooling=attribute_pooling, init_std=init_std, name="attribute_embedding")
+
+    def position_vectors(self, length) -> tf.Tensor:
+        """float [1, length, d]: the embeddings of positions 0..length-1."""
+        return self.position_embedding(tf.range(length))[tf.newaxis]
 
     def item_embeddings(self) -> tf.Tensor:
         if not self.item_embedding.built:

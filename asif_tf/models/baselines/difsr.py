@@ -143,9 +143,6 @@ class DIFSREncoder(SequenceEncoder):
                          lambda_attr=lambda_attr)
         self.lambda_attr = float(lambda_attr)
         self.fields = self.attribute_embedding.fields
-        self.position_embedding = tf.keras.layers.Embedding(max_seq_len, hidden_size,
-                                                            embeddings_initializer=truncated_normal(init_std),
-                                                            name="position_embedding")
         self.input_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="input_norm")
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.blocks = [DecoupledAttentionLayer(hidden_size, num_heads, inner_size, len(self.fields), dropout,
@@ -165,7 +162,7 @@ class DIFSREncoder(SequenceEncoder):
 
     def call(self, history, training=None, labels=None):
         attrs = self.attribute_embedding(history)                                   # [b, n, m, d]
-        position = self.position_embedding(tf.range(tf.shape(history)[1]))[tf.newaxis]   # [1, n, d]
+        position = self.position_vectors(tf.shape(history)[1])   # [1, n, d]
         item = self.input_dropout(self.input_norm(self.item_embedding(history)), training=training)
         for block in self.blocks:
             item = block(item, attrs, position, training=training)

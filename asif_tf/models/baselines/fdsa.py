@@ -52,9 +52,6 @@ class FDSAEncoder(SequenceEncoder):
                          attribute_pooling, init_std, uses_attributes=True, **kwargs)
         self._cfg = dict(num_layers=num_layers, num_heads=num_heads, inner_size=inner_size, dropout=dropout,
                          attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps)
-        self.position_embedding = tf.keras.layers.Embedding(max_seq_len, hidden_size,
-                                                            embeddings_initializer=truncated_normal(init_std),
-                                                            name="position_embedding")
         self.field_pooling = FieldAttentionPooling(hidden_size, init_std, name="field_pooling")
         self.item_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="item_norm")
         self.feature_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="feature_norm")
@@ -68,7 +65,7 @@ class FDSAEncoder(SequenceEncoder):
                                                        name="concat_projection")
 
     def call(self, history, training=None, labels=None):
-        positions = self.position_embedding(tf.range(tf.shape(history)[1]))[tf.newaxis]     # [1, n, d]
+        positions = self.position_vectors(tf.shape(history)[1])     # [1, n, d]
         item = self.dropout(self.item_norm(self.item_embedding(history) + positions), training=training)
         feature = self.field_pooling(self.attribute_embedding(history))                      # [b, n, d]
         feature = self.dropout(self.feature_norm(feature + positions), training=training)

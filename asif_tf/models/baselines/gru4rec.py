@@ -24,7 +24,7 @@ class GRU4RecEncoder(SequenceEncoder):
     def __init__(self, num_items, hidden_size=64, max_seq_len=50, field_vocab_sizes=None, field_max_tokens=None,
                  attribute_pooling="sum", init_std=0.02, num_layers=1, dropout=0.3, **kwargs):
         super().__init__(num_items, hidden_size, max_seq_len, field_vocab_sizes, field_max_tokens,
-                         attribute_pooling, init_std, uses_attributes=False, **kwargs)
+                         attribute_pooling, init_std, uses_attributes=False, uses_positions=False, **kwargs)
         self._cfg = dict(num_layers=num_layers, dropout=dropout)
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         # Default GRU settings (tanh, sigmoid, reset_after, no recurrent dropout): the cuDNN kernel on GPUs.

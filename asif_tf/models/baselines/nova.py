@@ -10,7 +10,6 @@ import tensorflow as tf
 from asif_tf.layers.attention import AttentionOutput, ScoreProjection, causal_mask
 from asif_tf.layers.feed_forward import PointwiseFeedForward
 from asif_tf.layers.fusion import Fusion
-from asif_tf.layers.initializers import truncated_normal
 from asif_tf.models import registry
 from asif_tf.models.base import SequenceEncoder
 
@@ -67,9 +66,6 @@ class NOVAEncoder(SequenceEncoder):
                          attribute_pooling, init_std, uses_attributes=True, **kwargs)
         self._cfg = dict(num_layers=num_layers, num_heads=num_heads, inner_size=inner_size, dropout=dropout,
                          attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps, fusion=fusion)
-        self.position_embedding = tf.keras.layers.Embedding(max_seq_len, hidden_size,
-                                                            embeddings_initializer=truncated_normal(init_std),
-                                                            name="position_embedding")
         self.input_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="input_norm")
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.blocks = [NovaLayer(hidden_size, num_heads, inner_size, dropout, attention_dropout, layer_norm_eps,

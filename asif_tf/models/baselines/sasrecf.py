@@ -7,7 +7,6 @@ from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
 from asif_tf.layers.fusion import Fusion
-from asif_tf.layers.initializers import truncated_normal
 from asif_tf.models import registry
 from asif_tf.models.base import SequenceEncoder
 from asif_tf.models.baselines.transformer import SelfAttentionStack, transformer_kwargs
@@ -30,15 +29,12 @@ class SASRecFEncoder(SequenceEncoder):
                          attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps)
         self.fusion_mode = fusion
         self.fusion = Fusion(fusion, hidden_size, init_std, name="fusion")
-        self.position_embedding = tf.keras.layers.Embedding(max_seq_len, hidden_size,
-                                                            embeddings_initializer=truncated_normal(init_std),
-                                                            name="position_embedding")
         self.input_norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="input_norm")
         self.input_dropout = tf.keras.layers.Dropout(dropout)
         self.transformer = SelfAttentionStack(hidden_size, init_std=init_std, name="transformer", **self._cfg)
 
     def call(self, history, training=None, labels=None):
-        positions = self.position_embedding(tf.range(tf.shape(history)[1]))[tf.newaxis]   # [1, n, d]
+        positions = self.position_vectors(tf.shape(history)[1])   # [1, n, d]
         fused = self.fusion(self.item_embedding(history), self.attribute_embedding(history))  # [b, n, d]
         x = self.input_dropout(self.input_norm(fused + positions), training=training)
         return {"sequence": self.transformer(x, training=training), "aux_loss": tf.zeros([], tf.float32)}
