@@ -31,7 +31,7 @@ class DataConfig:
     data_dir: str = _field("", "Preprocessed dataset directory (output of beam_pipelines.preprocess). "
                                "Empty: the built-in generated dataset.", flag="data")
     builtin_dir: str = _field("", "Where the built-in dataset is generated and cached "
-                                  "(default: ~/.cache/asif/builtin-v1).")
+                                  "(default: ~/.cache/asif/builtin-v2).")
     max_seq_len: int = _field(50, "Keep the most recent N items of each history (the paper uses 50).")
     attribute_fields: str = _field("", "Comma-separated attribute fields of the item table to use; "
                                        "empty = all fields of the dataset.")
@@ -77,7 +77,8 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = _field(30, "Maximum number of epochs.")
-    batch_size: int = _field(256, "Training batch size (sequences or prefixes).")
+    batch_size: int = _field(64, "Training batch size: sequences (--training_samples sequence, each carrying a "
+                                 "loss at every position) or prefixes.")
     eval_batch_size: int = _field(512, "Batch size of validation and test.")
     learning_rate: float = _field(1e-3, "Adam learning rate (paper: 1e-4 with batch 2048).")
     loss: str = _field("softmax", "softmax: full-catalogue cross-entropy (the paper's); sampled: TFRS "
