@@ -162,13 +162,3 @@ def eval_dataset(data_dir: str, split: str, batch_size: int, max_seq_len: int,
     ds = ds.map(lambda h, t: {"history": h[-max_seq_len:], "target": t}).cache()
     return _batch(ds, batch_size, max_seq_len, bucket).prefetch(tf.data.AUTOTUNE)
 
-
-def count_training_examples(data_dir: str, samples: str) -> int:
-    """Examples one epoch yields: train records, or the sum over them of (length - 1) prefixes."""
-    meta = read_metadata(data_dir)
-    if samples == "sequence":
-        return int(meta["splits"]["train"])
-    total = 0
-    for h, _ in _parse("train", data_dir).as_numpy_iterator():
-        total += len(h)
-    return total

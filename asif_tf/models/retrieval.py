@@ -102,7 +102,3 @@ class SequentialRetrievalModel(tfrs.Model):
     def metrics(self):
         return [self.ranking, self.aux_loss_tracker]
 
-    def rank(self, history, target) -> tf.Tensor:
-        """0-based full-ranking ranks of ``target`` for ``history`` (eager helper for tests/tools)."""
-        return ranking.full_ranking_ranks(self(history, training=False), self.item_embeddings(), target,
-                                          self.eval_chunk_size)
