@@ -69,6 +69,17 @@ def _decode(raw: bytes) -> Tuple[Optional[str], str]:
         return None, raw.decode("utf-8", "replace")
 
 
+def _text_lines(path: str, lines=None):
+    """(line_no, text, None) for each non-blank line, or (line_no, None, BadRecord) for a line
+    that is not UTF-8. ``lines`` continues an ``iter_lines`` iterator (after a header)."""
+    for line_no, raw in (iter_lines(path) if lines is None else lines):
+        text, shown = _decode(raw)
+        if text is None:
+            yield line_no, None, _bad_line(path, line_no, "line is not valid UTF-8", shown)
+        elif text.strip():
+            yield line_no, text, None
+
+
 def _number(value: str) -> float:
     return float(value)
 
@@ -99,14 +110,11 @@ class S3RecSequences:
     """``<Name>.txt``: ``user item item ...`` per line; the position is the time."""
 
     def records(self, path: str, file_index: int):
-        for line_no, raw in iter_lines(path):
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
+        for line_no, text, bad in _text_lines(path):
+            if bad is not None:
+                yield bad
                 continue
             tokens = text.split()
-            if not tokens:
-                continue  # a blank line holds no record
             if len(tokens) < 2:
                 yield _bad_line(path, line_no,
                                 "expected '<user> <item> [<item> ...]', found a user with no items",
@@ -235,12 +243,9 @@ class _HeaderedInteractions:
         t = (_column_index(path, names, self.time_column, "--time_column")
              if self.time_column else None)
         n = len(names)
-        for line_no, raw in lines:
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
+        for line_no, text, bad in _text_lines(path, lines):
+            if bad is not None:
+                yield bad
                 continue
             try:
                 cells = self.split(text)
@@ -318,12 +323,9 @@ class RecBoleItems:
         i = names.index(self.item_column) if self.item_column in names else None
         wanted = self.attribute_columns(path, columns)
         n = len(names)
-        for line_no, raw in lines:
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
+        for line_no, text, bad in _text_lines(path, lines):
+            if bad is not None:
+                yield bad
                 continue
             cells = text.split("\t")
             if len(cells) != n:
@@ -376,12 +378,9 @@ class AmazonReviews:
     unixReviewTime; 2023: user_id, asin, timestamp), JSON or Python literals."""
 
     def records(self, path: str, file_index: int):
-        for line_no, raw in iter_lines(path):
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
+        for line_no, text, bad in _text_lines(path):
+            if bad is not None:
+                yield bad
                 continue
             obj = _json_or_literal(text)
             if not isinstance(obj, dict):
@@ -419,12 +418,9 @@ class AmazonMetadata:
     fields: Tuple[str, ...] = AMAZON_FIELDS
 
     def records(self, path: str, file_index: int):
-        for line_no, raw in iter_lines(path):
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
+        for line_no, text, bad in _text_lines(path):
+            if bad is not None:
+                yield bad
                 continue
             obj = _json_or_literal(text)
             if not isinstance(obj, dict):
@@ -531,12 +527,9 @@ class CsvAttributes:
             wanted = [(_column_index(path, names, f, "--attribute_fields"), f)
                       for f in self.fields]
         n = len(names)
-        for line_no, raw in lines:
-            text, shown = _decode(raw)
-            if text is None:
-                yield _bad_line(path, line_no, "line is not valid UTF-8", shown)
-                continue
-            if not text.strip():
+        for line_no, text, bad in _text_lines(path, lines):
+            if bad is not None:
+                yield bad
                 continue
             try:
                 cells = _split_csv_line(text, self.delimiter)
