@@ -21,7 +21,7 @@ from typing import List, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from beam_pipelines.common import METRICS_NAMESPACE, STATS, global_window_value
+from beam_pipelines.common import METRICS_NAMESPACE, STATS, MergeStats, global_window_value
 
 
 def merge_user_records(element) -> Tuple[str, List[str]]:
@@ -56,25 +56,16 @@ class CountItems(beam.DoFn):
         self._counts = collections.Counter()
 
 
-class KeptItems(beam.CombineFn):
+class KeptItems(MergeStats):
     """``(item, count)`` pairs (one item may come several times) -> frozenset of the
-    items whose total count reaches ``min_count``."""
+    items whose total count reaches ``min_count``. Accumulates in a Counter like MergeStats."""
 
     def __init__(self, min_count: int):
         self._min_count = min_count
 
-    def create_accumulator(self):
-        return collections.Counter()
-
     def add_input(self, acc, element):
         acc[element[0]] += element[1]
         return acc
-
-    def merge_accumulators(self, accs):
-        out = collections.Counter()
-        for acc in accs:
-            out.update(acc)
-        return out
 
     def extract_output(self, acc):
         return frozenset(item for item, n in acc.items() if n >= self._min_count)

@@ -365,6 +365,21 @@ _AMAZON_TIME_KEYS = ("unixReviewTime", "timestamp")
 AMAZON_FIELDS = ("brand", "categories")
 
 
+def _object_lines(path: str):
+    """(line_no, text, dict, None) for each line holding a JSON object or Python dict
+    literal; (line_no, text, None, BadRecord) for any other non-blank line."""
+    for line_no, text, bad in _text_lines(path):
+        if bad is not None:
+            yield line_no, None, None, bad
+            continue
+        obj = _json_or_literal(text)
+        if not isinstance(obj, dict):
+            yield line_no, text, None, _bad_line(path, line_no, "not a JSON object (nor a Python dict literal)",
+                                                 text)
+            continue
+        yield line_no, text, obj, None
+
+
 def _first_key(obj: dict, keys: Sequence[str]):
     for key in keys:
         if key in obj:
@@ -378,14 +393,9 @@ class AmazonReviews:
     unixReviewTime; 2023: user_id, asin, timestamp), JSON or Python literals."""
 
     def records(self, path: str, file_index: int):
-        for line_no, text, bad in _text_lines(path):
+        for line_no, text, obj, bad in _object_lines(path):
             if bad is not None:
                 yield bad
-                continue
-            obj = _json_or_literal(text)
-            if not isinstance(obj, dict):
-                yield _bad_line(path, line_no, "not a JSON object (nor a Python dict literal)",
-                                text)
                 continue
             user = _token(_first_key(obj, _AMAZON_USER_KEYS))
             item = _token(_first_key(obj, _AMAZON_ITEM_KEYS))
@@ -418,14 +428,9 @@ class AmazonMetadata:
     fields: Tuple[str, ...] = AMAZON_FIELDS
 
     def records(self, path: str, file_index: int):
-        for line_no, text, bad in _text_lines(path):
+        for line_no, text, obj, bad in _object_lines(path):
             if bad is not None:
                 yield bad
-                continue
-            obj = _json_or_literal(text)
-            if not isinstance(obj, dict):
-                yield _bad_line(path, line_no, "not a JSON object (nor a Python dict literal)",
-                                text)
                 continue
             item = _token(_first_key(obj, _AMAZON_ITEM_KEYS))
             if item is None:
