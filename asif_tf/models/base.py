@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from asif_tf.layers.initializers import truncated_normal
 
-from asif_tf.layers.embeddings import AttributeEmbedding
+from asif_tf.layers.embeddings import AttributeEmbedding, ItemEmbedding
 
 
 class SequenceEncoder(tf.keras.layers.Layer):
@@ -34,9 +34,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
         self.field_vocab_sizes = dict(field_vocab_sizes or {})
         self.field_max_tokens = dict(field_max_tokens or {})
         self.attribute_pooling, self.init_std = attribute_pooling, init_std
-        self.item_embedding = tf.keras.layers.Embedding(self.num_items + 1, hidden_size,
-                                                        embeddings_initializer=truncated_normal(init_std),
-                                                        name="item_embedding")
+        self.item_embedding = ItemEmbedding(self.num_items + 1, hidden_size,
+                                            embeddings_initializer=truncated_normal(init_std), name="item_embedding")
         # Absolute positions 0..n-1 of the right-padded window; GRU4Rec has none.
         self.position_embedding = tf.keras.layers.Embedding(
             self.max_seq_len, hidden_size, embeddings_initializer=truncated_normal(init_std),
