@@ -13,7 +13,10 @@ its own process, and measures with ``serving.client``:
 * p50 / p99 latency and requests/s for batch sizes 1 and 32 and 1 and 8 concurrent
   clients (each client a thread with its own channel; bounded by a request count and
   a time limit per cell),
-* server RSS before and after a fixed number of batch-1 requests (default 10,000).
+* server RSS before and after a fixed number of batch-1 requests (default 10,000),
+
+each with the server's request batching off and on (``--batching``, the settings of
+``serving/batching_parameters.txt``).
 
 Clients and server share this machine's cores, so the numbers are a pessimistic bound
 on what the server alone does. Writes bench/results/serving.json and prints a table.
@@ -21,6 +24,7 @@ on what the server alone does. Writes bench/results/serving.json and prints a ta
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 from asif_tf import _env  # noqa: F401
 import numpy as np
@@ -110,13 +114,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model_base: str):
-    """Starts serving.local_server on a free port; returns (process, port, seconds to first answer)."""
+def start_server(model_base: str, batching_file: Optional[str] = None, server_args: Sequence[str] = ()):
+    """Starts serving.local_server on a free port (with request batching from ``batching_file``
+    if given); returns (process, port, seconds to first answer)."""
     from serving.client import RecommenderClient
     t0 = time.time()
+    extra = (["--batching_parameters_file", batching_file] if batching_file else []) + list(server_args)
     proc = subprocess.Popen([sys.executable, "-m", "serving.local_server", "--export_dir", model_base, "--port", "0",
-                             "--workers", "16"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+                             "--workers", "16", *extra], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if "Serving model" not in line:
         proc.kill()
@@ -144,6 +150,10 @@ def load_cell(port: int, tokens: List[str], batch: int, clients: int, max_reques
     rng = np.random.default_rng(seed)
     pool = [random_histories(rng, tokens, batch, max_len) for _ in range(64)]
     deadline = [0.0]
+    # This process holds TensorFlow's objects too; keep them out of the collector's full passes,
+    # which would otherwise show up as client-side latency spikes (the server does the same).
+    gc.collect()
+    gc.freeze()
     # The clock starts when every client is connected (the barrier action runs before any is released).
     start = threading.Barrier(clients + 1, action=lambda: deadline.__setitem__(0, time.monotonic() + max_seconds))
 
@@ -183,7 +193,8 @@ def load_cell(port: int, tokens: List[str], batch: int, clients: int, max_reques
             "rps": round(len(latencies) / wall, 1), "users_per_s": round(len(latencies) * batch / wall, 1)}
 
 
-def bench_catalogue(num_items: int, args) -> Dict:
+def bench_catalogue(num_items: int, args) -> List[Dict]:
+    """One result per server mode of ``args.batching`` (off: every call alone; on: request batching)."""
     work = tempfile.mkdtemp(prefix=f"asif-serving-{num_items}-")
     try:
         print(f"[{num_items} items] building and exporting an untrained model ...", flush=True)
@@ -192,73 +203,82 @@ def bench_catalogue(num_items: int, args) -> Dict:
         print(f"[{num_items} items] export {exp['export_mb']} MB in {exp['export_seconds']} s; in-process signature "
               + ", ".join(f"batch {g['batch']}: p50 {g['p50_ms']} ms p99 {g['p99_ms']} ms" for g in graph)
               + "; starting server", flush=True)
-        proc, port, startup = start_server(os.path.dirname(exp["path"]))
-        try:
-            big = num_items >= 200_000
-            cells = []
-            for batch in (1, 32):
-                for clients in (1, 8):
-                    n = args.requests_big if big else args.requests
-                    cell = load_cell(port, exp["tokens"], batch, clients, n, args.cell_seconds, exp["max_seq_len"])
-                    print(f"[{num_items} items] batch {batch:>2} clients {clients}: p50 {cell['p50_ms']} ms "
-                          f"p99 {cell['p99_ms']} ms {cell['rps']} req/s ({cell['requests']} requests, "
-                          f"{cell['errors']} errors)", flush=True)
-                    cells.append(cell)
-            rss_before = rss_mb(proc.pid)
-            memory = load_cell(port, exp["tokens"], 1, 8, args.memory_requests, args.memory_seconds,
-                               exp["max_seq_len"], seed=1)
-            rss_after = rss_mb(proc.pid)
-            print(f"[{num_items} items] RSS {rss_before:.0f} MB -> {rss_after:.0f} MB over "
-                  f"{memory['requests']} requests", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        return {"num_items": num_items, "export_mb": exp["export_mb"], "export_seconds": exp["export_seconds"],
-                "start_to_first_answer_s": round(startup, 2), "cells": cells, "in_process_signature": graph,
-                "memory": {"requests": memory["requests"], "errors": memory["errors"],
-                           "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
-                           "p99_ms": memory["p99_ms"], "rps": memory["rps"]},
-                "model": {"name": "asif", "trained": False, "hidden_size": exp["hidden_size"],
-                          "max_seq_len": exp["max_seq_len"], "k": args.k}}
+        return [serve_and_measure(num_items, exp, graph, mode == "on", args) for mode in args.batching]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def serve_and_measure(num_items: int, exp: Dict, graph: List[Dict], batching: bool, args) -> Dict:
+    """Starts the server on the export and measures every (batch, clients) cell and the memory run."""
+    batching_file = args.batching_parameters_file if batching else None
+    label = f"[{num_items} items, batching {'on' if batching else 'off'}]"
+    proc, port, startup = start_server(os.path.dirname(exp["path"]), batching_file, args.server_args.split())
+    try:
+        big = num_items >= 200_000
+        cells = []
+        for batch in (1, 32):
+            for clients in (1, 8):
+                n = args.requests_big if big else args.requests
+                cell = load_cell(port, exp["tokens"], batch, clients, n, args.cell_seconds, exp["max_seq_len"])
+                print(f"{label} batch {batch:>2} clients {clients}: p50 {cell['p50_ms']} ms "
+                      f"p99 {cell['p99_ms']} ms {cell['rps']} req/s ({cell['requests']} requests, "
+                      f"{cell['errors']} errors)", flush=True)
+                cells.append(cell)
+        rss_before = rss_mb(proc.pid)
+        memory = load_cell(port, exp["tokens"], 1, 8, args.memory_requests, args.memory_seconds,
+                           exp["max_seq_len"], seed=1)
+        rss_after = rss_mb(proc.pid)
+        print(f"{label} RSS {rss_before:.0f} MB -> {rss_after:.0f} MB over {memory['requests']} requests", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"num_items": num_items, "batching": batching, "batching_parameters_file": batching_file,
+            "server_args": args.server_args,
+            "export_mb": exp["export_mb"], "export_seconds": exp["export_seconds"],
+            "start_to_first_answer_s": round(startup, 2), "cells": cells, "in_process_signature": graph,
+            "memory": {"requests": memory["requests"], "errors": memory["errors"],
+                       "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
+                       "p99_ms": memory["p99_ms"], "rps": memory["rps"]},
+            "model": {"name": "asif", "trained": False, "hidden_size": exp["hidden_size"],
+                      "max_seq_len": exp["max_seq_len"], "k": args.k}}
 
 
 def check_targets(result: Dict) -> List[str]:
     notes = []
     n = result["num_items"]
+    mode = f"batching {'on' if result.get('batching') else 'off'}"
     cell = {(c["batch"], c["clients"]): c for c in result["cells"]}
     for clients in (1, 8):
         p99 = cell[(1, clients)]["p99_ms"]
         target = TARGETS["p99_batch1_ms"].get(n)
         if target is not None and p99 is not None:
-            notes.append(f"{n} items, batch 1, {clients} client(s): p99 {p99} ms "
+            notes.append(f"{n} items, {mode}, batch 1, {clients} client(s): p99 {p99} ms "
                          f"{'<' if p99 < target else '>='} {target} ms target")
     rps_target = TARGETS["rps_8_clients_batch1"].get(n)
     if rps_target:
         rps = cell[(1, 8)]["rps"]
-        notes.append(f"{n} items, batch 1, 8 clients: {rps} req/s {'>=' if rps >= rps_target else '<'} "
+        notes.append(f"{n} items, {mode}, batch 1, 8 clients: {rps} req/s {'>=' if rps >= rps_target else '<'} "
                      f"{rps_target} req/s target")
     mem = result["memory"]
     growth = mem["rss_after_mb"] - mem["rss_before_mb"]
-    notes.append(f"{n} items: RSS {mem['rss_before_mb']} -> {mem['rss_after_mb']} MB ({growth:+.1f} MB) over "
+    notes.append(f"{n} items, {mode}: RSS {mem['rss_before_mb']} -> {mem['rss_after_mb']} MB ({growth:+.1f} MB) over "
                  f"{mem['requests']} requests")
     return notes
 
 
 def print_table(results: List[Dict]) -> None:
-    print("\n| catalogue | batch | clients | requests | p50 ms | p99 ms | req/s | users/s | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| catalogue | server batching | batch | clients | requests | p50 ms | p99 ms | req/s | users/s | errors |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for c in r["cells"]:
-            print(f"| {r['num_items']:,} | {c['batch']} | {c['clients']} | {c['requests']} | {c['p50_ms']} | "
+            print(f"| {r['num_items']:,} | {'on' if r.get('batching') else 'off'} | {c['batch']} | {c['clients']} | {c['requests']} | {c['p50_ms']} | "
                   f"{c['p99_ms']} | {c['rps']} | {c['users_per_s']} | {c['errors']} |")
-    print("\n| catalogue | export MB | start -> first answer s | RSS before MB | RSS after MB | requests between |"
+    print("\n| catalogue | server batching | export MB | start -> first answer s | RSS before MB | RSS after MB | requests between |"
           " in-process b1 p50/p99 ms | in-process b32 p50/p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m, g = r["memory"], {x["batch"]: x for x in r["in_process_signature"]}
-        print(f"| {r['num_items']:,} | {r['export_mb']} | {r['start_to_first_answer_s']} | {m['rss_before_mb']} | "
+        print(f"| {r['num_items']:,} | {'on' if r.get('batching') else 'off'} | {r['export_mb']} | {r['start_to_first_answer_s']} | {m['rss_before_mb']} | "
               f"{m['rss_after_mb']} | {m['requests']} | {g[1]['p50_ms']} / {g[1]['p99_ms']} | "
               f"{g[32]['p50_ms']} / {g[32]['p99_ms']} |")
     print()
@@ -278,8 +298,22 @@ def main(argv=None) -> int:
     parser.add_argument("--memory_requests", type=int, default=10_000, help="Requests between the RSS readings.")
     parser.add_argument("--memory_seconds", type=float, default=180.0, help="Time limit of the memory run.")
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "bench", "results", "serving.json"))
+    parser.add_argument("--batching", default="off,on",
+                        help="Server modes to measure: off (every call runs alone), on (request batching with "
+                             "--batching_parameters_file), or both.")
+    parser.add_argument("--batching_parameters_file", default=os.path.join(REPO_ROOT, "serving",
+                                                                           "batching_parameters.txt"),
+                        help="BatchingParameters the server uses when batching is on.")
+    parser.add_argument("--server_args", default="--intra_op_threads 1 --inter_op_threads 2",
+                        help="Extra flags for serving.local_server. The default runs each op on one thread and "
+                             "two ops at once: batch-1 requests are hundreds of tiny ops, for which splitting "
+                             "one op over threads costs more than it saves (in-process batch-1 p50 4.5 -> 2.6 ms "
+                             "here); '' keeps TensorFlow's choice.")
     args = parser.parse_args(argv)
-    results = [bench_catalogue(int(n), args) for n in args.catalogues.split(",") if n]
+    args.batching = [m.strip() for m in args.batching.split(",") if m.strip()]
+    if not args.batching or set(args.batching) - {"off", "on"}:
+        parser.error(f"--batching: expected off, on or off,on")
+    results = [r for n in args.catalogues.split(",") if n for r in bench_catalogue(int(n), args)]
     print_table(results)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     import tensorflow as tf

@@ -34,13 +34,17 @@ server, so a 10,000-item history is answered, not refused; the message size limi
 the bound. An error while running the model is returned as the TensorFlow error's
 status code; nothing a client sends stops the server.
 
+With ``--enable_batching [--batching_parameters_file F]`` concurrent Predict calls of equal
+input shape are merged into one graph run, as the real server's batching does
+(``serving.batching``; a full batch queue answers UNAVAILABLE).
+
 Not implemented (the real server has them): several models, version policies other
-than "latest", polling for new versions (restart to pick one up), request batching,
-the REST API.
+than "latest", polling for new versions (restart to pick one up), the REST API.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -57,6 +61,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc)
+
+from serving.batching import BatchingOptions, QueueFullError, RequestBatcher
 
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -97,6 +103,7 @@ class ServedModel:
                                if not k.startswith("__")}
         self._loaded = tf.saved_model.load(self.path)
         self.functions = {k: self._loaded.signatures[k] for k in self.signature_defs}
+        self.batcher: Optional[RequestBatcher] = None
         self.load_time = time.time()
 
     def warm_up(self) -> int:
@@ -197,8 +204,12 @@ class ServedModel:
         if len(batches) > 1:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"inputs disagree on the batch size: {sorted(batches)}")
         try:
-            outputs = self.functions[sig_name](**{k: tf.constant(v, dtype=tf.as_dtype(sig.inputs[k].dtype))
-                                                  for k, v in arrays.items()})
+            if self.batcher is not None:
+                outputs = self.batcher.submit(sig_name, arrays)
+            else:
+                outputs = self.run_signature(sig_name, arrays)
+        except QueueFullError as e:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(e))
         except tf.errors.OpError as e:
             # TensorFlow's error codes are gRPC's status codes.
             raise RequestError(_grpc_code(e.error_code), f"signature {sig_name!r}: {e.message}")
@@ -206,8 +217,19 @@ class ServedModel:
         response.model_spec.name, response.model_spec.signature_name = self.name, sig_name
         response.model_spec.version.value = self.version
         for name in request.output_filter or outputs:
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name].numpy()))
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
         return response
+
+    def run_signature(self, sig_name: str, arrays) -> dict:
+        """One graph run of a signature: numpy inputs (validated) -> numpy outputs."""
+        sig = self.signature_defs[sig_name]
+        outputs = self.functions[sig_name](**{k: tf.constant(v, dtype=tf.as_dtype(sig.inputs[k].dtype))
+                                              for k, v in arrays.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def enable_batching(self, options: BatchingOptions) -> None:
+        """From now on, concurrent Predict calls are merged into batches (``serving.batching``)."""
+        self.batcher = RequestBatcher(self.run_signature, options)
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         self.check_spec(request.model_spec)
@@ -281,13 +303,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def start_server(model_base: str, port: int = 0, host: str = "127.0.0.1", model_name: Optional[str] = None,
-                 workers: int = 8, max_message_mb: int = 64) -> Tuple[grpc.Server, int, ServedModel]:
+                 workers: int = 8, max_message_mb: int = 64,
+                 batching: Optional[BatchingOptions] = None) -> Tuple[grpc.Server, int, ServedModel]:
     """Loads and warms the newest version under ``model_base`` and starts serving it.
 
+    ``batching``: merge concurrent Predict calls with these settings (None: every call runs alone).
     Returns (server, bound port, model); ``port=0`` picks a free port. Call ``server.stop(grace)``.
     """
     model = ServedModel(model_base, model_name)
     model.warm_up()
+    # Everything loaded so far (TensorFlow's and the model's Python objects, hundreds of
+    # thousands) lives as long as the server: keep it out of the garbage collector's full
+    # passes, which otherwise stall a request for tens of milliseconds now and then.
+    gc.collect()
+    gc.freeze()
+    if batching is not None:
+        model.enable_batching(batching)
     limit = max_message_mb * 1024 * 1024
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", limit),
@@ -313,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind (127.0.0.1: this machine only).")
     parser.add_argument("--workers", type=int, default=8, help="Request handler threads.")
     parser.add_argument("--max_message_mb", type=int, default=64, help="Largest request or response, in MiB.")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="Merge concurrent Predict calls of equal input shape into one graph run, like TF "
+                             "Serving's --enable_batching (clients must send one fixed history width).")
+    parser.add_argument("--batching_parameters_file", default=None,
+                        help="BatchingParameters text proto, the file TF Serving takes (e.g. "
+                             "serving/batching_parameters.txt); implies --enable_batching. Without it: "
+                             "TF Serving's defaults.")
     parser.add_argument("--intra_op_threads", type=int, default=0,
                         help="Threads one op may use (0: TensorFlow's choice); like TF Serving's "
                              "--tensorflow_intra_op_parallelism.")
@@ -328,12 +366,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     try:
+        batching = None
+        if args.batching_parameters_file:
+            batching = BatchingOptions.from_file(args.batching_parameters_file)
+        elif args.enable_batching:
+            batching = BatchingOptions()
         server, port, model = start_server(args.export_dir, args.port, args.host, args.model_name, args.workers,
-                                           args.max_message_mb)
-    except (FileNotFoundError, OSError) as e:
+                                           args.max_message_mb, batching)
+    except (FileNotFoundError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Serving model {model.name!r} version {model.version} ({model.path}) on {args.host}:{port}", flush=True)
+    if batching is not None:
+        print(f"Batching: {batching}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

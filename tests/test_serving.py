@@ -171,6 +171,41 @@ def test_concurrent_batched_calls(served):
         assert_matches(got, want)
 
 
+def test_request_batching_merges_concurrent_calls_with_same_answers(served):
+    """A second server on the same export with TF Serving-style batching: concurrent batch-1
+    calls (one fixed width, as serving.client sends) are merged into fewer graph runs and each
+    caller still gets its own user's answer."""
+    from serving.batching import BatchingOptions
+    server, port, model = local_server.start_server(
+        os.path.join(served["base"], "asif"), port=0,
+        batching=BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=1))
+    histories = [[(5 * u + j) % NUM_ITEMS + 1 for j in range(1 + u % 6)] for u in range(16)]
+    want = expected(served, histories)
+    results, errors = [None] * len(histories), []
+    barrier = threading.Barrier(len(histories))
+
+    def work(u):
+        try:
+            with client_lib.RecommenderClient(f"127.0.0.1:{port}", "asif", timeout_s=30) as c:
+                barrier.wait()
+                results[u] = c.recommend(raw(served, [histories[u]]))[0]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    try:
+        threads = [threading.Thread(target=work, args=(u,)) for u in range(len(histories))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert_matches(results, want)
+        assert model.batcher.requests_run >= len(histories)
+        assert model.batcher.batches_run < model.batcher.requests_run
+    finally:
+        server.stop(grace=None)
+        model.batcher.close()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
