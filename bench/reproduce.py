@@ -20,7 +20,8 @@ Attributes: categories only where the data has a typed split (Beauty), as in the
 reference setting; Yelp's single attribute field is its categories.
 
 Outputs under --results_dir (default bench/results/):
-  <dataset>-<setting>.json             per model: valid/test metrics, epochs, best epoch, seconds
+  <dataset>-<setting>.json             per model: valid/test metrics, epochs, best epoch, seconds, learning curve
+  <dataset>-<setting>-curves.png       validation N@20 / H@20 and training loss per epoch, every model
   table-<setting>.md                   Table 2 layout: ours, the paper's, relative difference
   <dataset>-<setting>-ablations.json,  ablations-<setting>.md   (--ablations, Table 4 layout)
   <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7)
@@ -201,8 +202,18 @@ def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
     return metrics
 
 
+def learning_curve(run_dir: pathlib.Path) -> List[dict]:
+    """Per epoch: training loss and validation metrics, from the run's state.json history."""
+    state_path = run_dir / "state.json"
+    if not state_path.exists():
+        return []
+    history = json.loads(state_path.read_text(encoding="utf-8")).get("history", [])
+    keep = ("epoch", "loss", "aux_loss", *(f"val_{m}" for m in METRICS))
+    return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items() if k in keep} for h in history]
+
+
 def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
-    return {"test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
+    return {"curve": learning_curve(run_dir),"test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
             "valid": {k: metrics["valid"][k] for k in (*METRICS, "mrr") if k in metrics["valid"]},
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
             "stopped_early": metrics["stopped_early"], "train_seconds": metrics["seconds"],
@@ -314,14 +325,51 @@ def _load(path: pathlib.Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def plot_sweep(path_json: pathlib.Path, sweep: str) -> Optional[pathlib.Path]:
-    """H@20 and N@20 (test and valid) against the swept value; None when matplotlib is missing."""
+def _pyplot(path_json: pathlib.Path):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         _LOG.warning("matplotlib is not installed (pip install matplotlib==3.10.8): %s stays JSON only", path_json)
+        return None
+    return plt
+
+
+def plot_curves(path_json: pathlib.Path) -> Optional[pathlib.Path]:
+    """Learning curves of every run in a results file: validation N@20 and H@20 per epoch
+    (the best epoch marked), and the training loss; ``<results>-curves.png``."""
+    data = _load(path_json)
+    runs = {k: r for k, r in data.get("runs", {}).items() if r.get("curve")}
+    plt = _pyplot(path_json) if runs else None
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for key, run in runs.items():
+        epochs = [c["epoch"] for c in run["curve"]]
+        label = MODEL_LABELS.get(key, ABLATION_LABELS.get(key, key))
+        for ax, metric in zip(axes, ("val_ndcg@20", "val_hr@20", "loss")):
+            line, = ax.plot(epochs, [c.get(metric, float("nan")) for c in run["curve"]], label=label)
+            if metric != "loss" and run.get("best_epoch") in epochs:
+                i = epochs.index(run["best_epoch"])
+                ax.plot([epochs[i]], [run["curve"][i][metric]], "o", color=line.get_color())
+    for ax, title in zip(axes, ("validation N@20", "validation H@20", "training loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{data.get('dataset')}, setting {data.get('setting')} (dots: best epoch, restored for test)")
+    fig.tight_layout()
+    out = path_json.with_name(path_json.stem + "-curves.png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_sweep(path_json: pathlib.Path, sweep: str) -> Optional[pathlib.Path]:
+    """H@20 and N@20 (test and valid) against the swept value; None when matplotlib is missing."""
+    plt = _pyplot(path_json)
+    if plt is None:
         return None
     data = _load(path_json)
     points = data.get("points", [])
@@ -483,7 +531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results.write()
             png = plot_sweep(results.path, args.sweep)
             _LOG.info("sweep %s on %s: %s%s", args.sweep, ds.name, results.path, f", {png}" if png else "")
-        _LOG.info("wrote %s", results.path)
+        curves = plot_curves(results.path)
+        _LOG.info("wrote %s%s", results.path, f" and {curves}" if curves else "")
 
     names = [ds.name for ds in datasets]
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
