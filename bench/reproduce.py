@@ -286,15 +286,17 @@ def main_table(results_dir: pathlib.Path, setting: str, datasets: Sequence[str],
 
 
 def _cost_lines(loaded: Dict[str, dict], keys: Sequence[str]) -> str:
-    rows = ["| dataset | model | epochs (best) | early stop | training s | s/epoch |", "|---|---|---|---|---|---|"]
+    rows = ["| dataset | model | epochs (best) | early stop | training s | s/epoch | valid H@20 | valid N@20 |",
+            "|---|---|---|---|---|---|---|---|"]
     for d, data in loaded.items():
         for key in keys:
             run = data.get("runs", {}).get(key)
             if run:
                 rows.append(f"| {d} | {key} | {run['epochs']} ({run['best_epoch']}) | "
                             f"{'yes' if run['stopped_early'] else 'no'} | {run['train_seconds']:.0f} | "
-                            f"{run['seconds_per_epoch']:.1f} |")
-    return "Cost:\n\n" + "\n".join(rows)
+                            f"{run['seconds_per_epoch']:.1f} | {run['valid']['hr@20']:.4f} | "
+                            f"{run['valid']['ndcg@20']:.4f} |")
+    return "Cost, and the validation metrics of the selected epoch:\n\n" + "\n".join(rows)
 
 
 def ablation_table(results_dir: pathlib.Path, setting: str, datasets: Sequence[str]) -> str:
