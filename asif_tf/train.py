@@ -162,6 +162,12 @@ def run(cfg: ExperimentConfig) -> dict:
     valid_ds = data_input.eval_dataset(data_dir, "valid", t.eval_batch_size, d.max_seq_len, t.bucket_by_length)
     test_ds = data_input.eval_dataset(data_dir, "test", t.eval_batch_size, d.max_seq_len, t.bucket_by_length)
 
+    if state["stopped_early"] and state["wait"] < t.patience:
+        # A larger --patience extends a run that stopped early: it continues exactly where a run
+        # with that patience from the start would have been (it had not stopped yet).
+        print(f"Extending {run_dir}: stopped after {state['wait']} epochs without improvement, "
+              f"patience is now {t.patience}.", flush=True)
+        state["stopped_early"] = False
     done = state["stopped_early"] or state["epoch"] >= t.epochs
     if not done:
         print(f"Training {cfg.model.model} on {data_dir}: {info.num_items} items, "

@@ -120,6 +120,25 @@ def test_killed_run_resumes_from_last_checkpoint(builtin_dir, tmp_path):
     assert out.stdout.count("Epoch ") == 4 - killed_at
 
 
+def test_larger_patience_extends_an_early_stopped_run(builtin_dir, tmp_path):
+    cfg = small_config(builtin_dir, tmp_path / "run", epochs=1)
+    cfg.model.num_layers, cfg.train.patience = 1, 1
+    train.run(cfg)
+    state_file = tmp_path / "run" / "state.json"
+    # As if epoch 1 had not improved on an earlier best: patience 1 is used up.
+    state = json.loads(state_file.read_text())
+    state.update(stopped_early=True, wait=1, best=state["best"] + 1.0)
+    state_file.write_text(json.dumps(state))
+    cfg.train.epochs = 3
+    results = train.run(cfg)                      # same patience: the run stays finished
+    assert results["epochs"] == 1 and results["stopped_early"]
+    cfg.train.patience = 5
+    results = train.run(cfg)                      # larger patience: it continues to --epochs
+    history = json.loads(state_file.read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert results["epochs"] == 3 and not results["stopped_early"]
+
+
 def test_config_file_then_flags(tmp_path):
     cfg = ExperimentConfig()
     cfg.model.hidden_size, cfg.model.fusion = 48, "gate"
