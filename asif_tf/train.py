@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
-from asif_tf.config import ExperimentConfig, add_config_flags, config_from_args
+from asif_tf.config import ExperimentConfig, TrainConfig, add_config_flags, config_from_args
 from asif_tf.data import input as data_input
 from asif_tf.data.builtin import ensure_builtin_dataset
 from asif_tf.models import registry
@@ -119,6 +119,14 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         self.run.write_json(self.run.state, st)   # written last: the checkpoint it names exists
 
 
+def run_finished(state: dict, t: TrainConfig) -> bool:
+    """Whether a run with this state.json has nothing left to train under TrainConfig ``t``:
+    it reached ``t.epochs``, or it stopped early after at least ``t.patience`` epochs without
+    improvement (a larger patience extends it)."""
+    stopped = state.get("stopped_early", False) and state.get("wait", 0) >= t.patience
+    return bool(stopped) or state.get("epoch", 0) >= t.epochs
+
+
 def build_variables(model, optimizer) -> None:
     """Creates model and optimizer variables so a checkpoint restores into them immediately."""
     model(tf.zeros([1, 2], tf.int64), training=False)
@@ -168,7 +176,7 @@ def run(cfg: ExperimentConfig) -> dict:
         print(f"Extending {run_dir}: stopped after {state['wait']} epochs without improvement, "
               f"patience is now {t.patience}.", flush=True)
         state["stopped_early"] = False
-    done = state["stopped_early"] or state["epoch"] >= t.epochs
+    done = run_finished(state, t)
     if not done:
         print(f"Training {cfg.model.model} on {data_dir}: {info.num_items} items, "
               f"{info.metadata['splits']['train']} training users, run dir {run_dir}", flush=True)

@@ -183,16 +183,15 @@ def _ignore_in_git(path: pathlib.Path) -> None:
 
 def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
     """Train/evaluate ``cfg`` in ``run_dir`` unless that run already finished; returns its metrics.json."""
+    import tensorflow as tf
+    from asif_tf import train
     metrics_path, state_path = run_dir / "metrics.json", run_dir / "state.json"
     if metrics_path.exists() and state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        stopped = state.get("stopped_early") and state.get("wait", 0) >= cfg.train.patience
-        if stopped or state.get("epoch", 0) >= cfg.train.epochs:
+        if train.run_finished(state, cfg.train):
             _LOG.info("%s: finished earlier (%d epochs), reusing %s", run_dir.name, state.get("epoch", 0),
                       metrics_path)
             return json.loads(metrics_path.read_text(encoding="utf-8"))
-    import tensorflow as tf
-    from asif_tf import train
     cfg.train.run_dir = str(run_dir)
     tf.keras.backend.clear_session()
     started = time.time()
@@ -217,7 +216,8 @@ def learning_curve(run_dir: pathlib.Path) -> List[dict]:
 
 
 def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
-    return {"curve": learning_curve(run_dir),"test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
+    return {"curve": learning_curve(run_dir),
+            "test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
             "valid": {k: metrics["valid"][k] for k in (*METRICS, "mrr") if k in metrics["valid"]},
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
             "stopped_early": metrics["stopped_early"], "train_seconds": metrics["seconds"],

@@ -171,7 +171,7 @@ class RequestBatcher:
             if self._queued_rows[key] < self.options.max_batch_size and wait > 0:
                 self._cond.wait(wait)
                 continue
-            tasks, rows = [queue.popleft()], 0
+            tasks = [queue.popleft()]
             rows = tasks[0].rows
             while queue and rows + queue[0].rows <= self.options.max_batch_size:
                 rows += queue[0].rows
