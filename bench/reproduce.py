@@ -27,7 +27,7 @@ Outputs under --results_dir (default bench/results/):
   <dataset>-<setting>-curves.png       validation N@20 / H@20 and training loss per epoch, every model
   table-<setting>.md                   Table 2 layout: ours, the paper's, relative difference
   <dataset>-<setting>-ablations.json,  ablations-<setting>.md   (--ablations, Table 4 layout)
-  <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7)
+  <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7; ffn|refine|hie_padding)
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
 
@@ -42,8 +42,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -91,7 +93,24 @@ MODEL_LABELS = {"sasrec": "SASRec", "sasrecf": "SASRecF", "fdsa": "FDSA", "nova"
 # Sweeps of ASIF (paper Figure 6: lambda and r; Figure 7: the fusion function gamma).
 SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
           "r": ("num_bases", (2, 4, 8, 16, 32, 64)),
-          "fusion": ("fusion", ("sum", "concat", "gate"))}
+          "fusion": ("fusion", ("sum", "concat", "gate")),
+          # ASIF.md's (R) choices, to be measured rather than assumed:
+          "ffn": ("separate_ffn", (True, False)),            # separate FFN per stream vs one shared
+          "refine": ("refine_fused", (True, False)),         # fused stream refined per layer vs static
+          "hie_padding": ("hie_mask_padding", (True, False))}  # padded positions masked out of HIE's basis
+
+
+def parse_sweep_values(text: str, kind: type) -> tuple:
+    """'a,b,c' -> values of ``kind``; booleans accept true/false/1/0 (bool('False') would be True)."""
+    out = []
+    for item in (v.strip() for v in text.split(",")):
+        if kind is bool:
+            if item.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(item)
+            out.append(item.lower() in ("true", "1"))
+        else:
+            out.append(kind(item))
+    return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,22 +245,47 @@ def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> di
 
 
 class ResultFile:
-    """A JSON results file rewritten (atomically) after every finished run."""
+    """A JSON results file rewritten (atomically) after every finished run.
+
+    Several reproduce.py processes may share one results file (e.g. one per model, in
+    parallel): ``add`` re-reads the file under an exclusive lock and merges its run into
+    what is there, so one process never drops the runs another one wrote.
+    """
 
     def __init__(self, path: pathlib.Path, header: dict):
         self.path = path
-        self.data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        self.data.update(header)
-        self.data.setdefault("runs", {})
+        self.header = header
+        self.data = self._read()
+
+    def _read(self) -> dict:
+        data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        data.update(self.header)
+        data.setdefault("runs", {})
+        return data
 
     def add(self, key: str, summary: dict) -> None:
-        self.data["runs"][key] = summary
-        self.write()
+        with self._locked():
+            self.data = self._read()
+            self.data["runs"][key] = summary
+            self._write()
 
     def write(self) -> None:
-        tmp = self.path.with_suffix(".json.tmp")
+        with self._locked():
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.path.with_suffix(".json.lock"), "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def header(ds: Dataset, setting: str, data_dir: str, base: ExperimentConfig) -> dict:
@@ -448,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
                         help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
-                             "(num_bases, Fig. 6) or fusion (gamma, Fig. 7).")
+                             "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
+                             "choices: ffn (separate_ffn), refine (refine_fused), hie_padding "
+                             "(hie_mask_padding).")
     parser.add_argument("--sweep_values", default=None,
                         help="Comma-separated values for --sweep (default: "
                              + "; ".join(f"{k}: {','.join(map(str, v[1]))}" for k, v in SWEEPS.items()) + ").")
@@ -492,7 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.sweep_values:
             kind = type(values[0])
             try:
-                values = tuple(kind(v) for v in args.sweep_values.split(","))
+                values = parse_sweep_values(args.sweep_values, kind)
             except ValueError:
                 parser.error(f"--sweep_values: expected {kind.__name__} values for {args.sweep}")
         plan = [(f"{field}={v}", "asif", {field: v}) for v in values]

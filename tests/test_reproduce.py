@@ -67,3 +67,36 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
     again = json.loads((results / "mini-cpu.json").read_text())
     assert {n: r["test"] for n, r in again["runs"].items()} == {n: r["test"] for n, r in saved["runs"].items()}
     assert before == {n: (pathlib.Path(r["run_dir"]) / "state.json").stat().st_mtime for n, r in again["runs"].items()}
+
+
+def _add_runs(path, worker, count):
+    reproduce = load_reproduce()
+    results = reproduce.ResultFile(pathlib.Path(path), {"dataset": "mini"})
+    for j in range(count):
+        results.add(f"{worker}-{j}", {"value": j})
+
+
+def test_result_file_merges_runs_of_concurrent_processes(tmp_path):
+    """Two reproduce.py processes sharing one results file (one per model, in parallel) keep
+    each other's runs: each add re-reads and merges under a lock."""
+    import multiprocessing
+    path = tmp_path / "mini-cpu.json"
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_add_runs, args=(str(path), w, 15)) for w in range(3)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    runs = json.loads(path.read_text())["runs"]
+    assert sorted(runs) == sorted(f"{w}-{j}" for w in range(3) for j in range(15))
+    assert runs["2-14"] == {"value": 14}
+
+
+def test_sweep_values_parse_booleans_and_numbers():
+    reproduce = load_reproduce()
+    assert reproduce.parse_sweep_values("true,False,1,0", bool) == (True, False, True, False)
+    assert reproduce.parse_sweep_values("2, 4", int) == (2, 4)
+    with pytest.raises(ValueError):
+        reproduce.parse_sweep_values("yes", bool)
+    assert reproduce.SWEEPS["ffn"] == ("separate_ffn", (True, False))
