@@ -12,12 +12,16 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "bench" / "reproduce.py")
+def load_module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module          # dataclasses resolve their module while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def load_reproduce():
+    return load_module("reproduce", REPO / "bench" / "reproduce.py")
 
 
 def write_s3rec(root: pathlib.Path, users=80, items=30, seed=0):
@@ -61,6 +65,21 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
     assert f"{saved['runs']['asif']['test']['ndcg@20']:.4f}" in asif_row
     if importlib.util.find_spec("matplotlib"):
         assert (results / "mini-cpu-curves.png").stat().st_size > 0
+    # bench/breakdown.py on the same runs: its "all users" row is the runs' metrics.json, and
+    # each grouping partitions the users (user-weighted group means give the overall mean).
+    breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
+    result = breakdown.breakdown([saved["runs"][n]["run_dir"] for n in ("sasrec", "asif")], "test")
+    everyone = result["rows"][0]
+    assert everyone["group"] == "all users"
+    for name in ("sasrec", "asif"):
+        for metric in ("hr@20", "ndcg@20"):
+            assert everyone["runs"][name][metric] == pytest.approx(saved["runs"][name]["test"][metric], abs=1e-6)
+    for prefix in ("history length", "target train count"):
+        part = [r for r in result["rows"] if r["group"].startswith(prefix)]
+        assert sum(r["users"] for r in part) == everyone["users"]
+        mean = sum(r["users"] * r["runs"]["asif"]["ndcg@20"] for r in part) / everyone["users"]
+        assert mean == pytest.approx(everyone["runs"]["asif"]["ndcg@20"], abs=1e-9)
+    assert "| all users |" in breakdown.markdown(result)
     # A second invocation trains nothing: the finished runs are reused as they are.
     before = {n: (pathlib.Path(r["run_dir"]) / "state.json").stat().st_mtime for n, r in saved["runs"].items()}
     assert reproduce.main(argv) == 0
@@ -100,3 +119,9 @@ def test_sweep_values_parse_booleans_and_numbers():
     with pytest.raises(ValueError):
         reproduce.parse_sweep_values("yes", bool)
     assert reproduce.SWEEPS["ffn"] == ("separate_ffn", (True, False))
+
+
+def test_breakdown_bins():
+    breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
+    assert breakdown.bin_labels((0, 1, 5), "n") == ["n = 0", "n 1-4", "n >= 5"]
+    assert breakdown.assign_bins(np.array([0, 1, 4, 5, 99]), (0, 1, 5)).tolist() == [0, 1, 1, 2, 2]

@@ -1,0 +1,148 @@
+"""Where do models differ? Full-ranking metrics of finished runs, per group of users.
+
+    python bench/breakdown.py bench/results/runs/beauty-cpu/{asif,nova,difsr}
+
+Each run directory (written by ``python -m asif_tf.train`` or bench/reproduce.py) is
+restored at its best checkpoint (the epoch its test metrics come from) and evaluated on
+one split with the trainer's own ranking code (``asif_tf.metrics``): every user's target
+ranked against the whole catalogue. The users are then grouped
+
+- by history length (the number of items the model sees, at most max_seq_len), and
+- by the target's popularity: its occurrences in the training part (``item_counts`` of
+  the dataset), so "rare" means the model saw few training examples of that item,
+
+and HR@20 / NDCG@20 are printed per group and run, as a markdown table (``--json``
+also writes the numbers). The "all users" row equals the run's metrics.json.
+All runs must use the same dataset directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from asif_tf import _env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import numpy as np  # noqa: E402
+
+# Group edges (inclusive lower bounds); the last group is open-ended.
+LENGTH_EDGES = (1, 4, 8, 16, 32)
+POPULARITY_EDGES = (0, 1, 5, 20, 100)
+
+
+def bin_labels(edges: Sequence[int], unit: str) -> List[str]:
+    out = []
+    for lo, hi in zip(edges, list(edges[1:]) + [None]):
+        if hi is None:
+            out.append(f"{unit} >= {lo}")
+        elif hi - lo == 1:
+            out.append(f"{unit} = {lo}")
+        else:
+            out.append(f"{unit} {lo}-{hi - 1}")
+    return out
+
+
+def assign_bins(values: np.ndarray, edges: Sequence[int]) -> np.ndarray:
+    """Index of the group of each value: int [b] in 0..len(edges)-1 (-1 below the first edge)."""
+    return np.searchsorted(np.asarray(edges), values, side="right") - 1
+
+
+def ranked_users(run_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(history lengths int [u], targets int [u], 0-based ranks int [u], data_dir) of a run's best checkpoint."""
+    import tensorflow as tf
+    from asif_tf import export
+    from asif_tf import metrics as ranking
+    from asif_tf.data import input as data_input
+    cfg = export.load_run_config(run_dir)
+    fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
+    info = data_input.load_dataset_info(cfg.data.data_dir, fields)
+    tf.keras.backend.clear_session()
+    model, _ = export.restore_model(run_dir, cfg, info)
+    items = model.item_embeddings()
+    lengths, targets, ranks = [], [], []
+    # No bucketing: the users come in file order, the same for every run of the dataset.
+    for batch in data_input.eval_dataset(cfg.data.data_dir, split, cfg.train.eval_batch_size,
+                                         cfg.data.max_seq_len, bucket=False):
+        history = batch["history"]
+        ranks.append(ranking.full_ranking_ranks(model(history, training=False), items, batch["target"]).numpy())
+        lengths.append(tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1).numpy())
+        targets.append(batch["target"].numpy())
+    return np.concatenate(lengths), np.concatenate(targets), np.concatenate(ranks), cfg.data.data_dir
+
+
+def group_metrics(ranks: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
+    r = ranks[mask].astype(np.float64)
+    if r.size == 0:
+        return {"hr@20": float("nan"), "ndcg@20": float("nan")}
+    hit = r < 20
+    return {"hr@20": float(hit.mean()), "ndcg@20": float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean())}
+
+
+def breakdown(run_dirs: Sequence[str], split: str = "test") -> dict:
+    from asif_tf.data import input as data_input
+    runs, lengths, targets, data_dir = {}, None, None, None
+    for run_dir in run_dirs:
+        name = os.path.basename(os.path.normpath(run_dir))
+        print(f"evaluating {name} on {split} ...", file=sys.stderr, flush=True)
+        lens, tgts, ranks, ddir = ranked_users(run_dir, split)
+        if targets is None:
+            lengths, targets, data_dir = lens, tgts, ddir
+        elif ddir != data_dir or not np.array_equal(tgts, targets):
+            raise SystemExit(f"error: {run_dir} uses dataset {ddir}, not {data_dir} like the first run: "
+                             "compare runs of one dataset")
+        runs[name] = ranks
+    counts = data_input.load_dataset_info(data_dir).item_counts
+    popularity = counts[targets]
+    groups = [("all users", np.ones_like(targets, bool))]
+    for labels, values, edges in ((bin_labels(LENGTH_EDGES, "history length"), lengths, LENGTH_EDGES),
+                                  (bin_labels(POPULARITY_EDGES, "target train count"), popularity,
+                                   POPULARITY_EDGES)):
+        bins = assign_bins(values, edges)
+        groups += [(label, bins == i) for i, label in enumerate(labels)]
+    rows = [{"group": label, "users": int(mask.sum()),
+             "runs": {name: group_metrics(ranks, mask) for name, ranks in runs.items()}}
+            for label, mask in groups if mask.any()]
+    return {"split": split, "data_dir": data_dir, "run_dirs": list(run_dirs), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    names = list(result["rows"][0]["runs"])
+    head = "| group | users | " + " | ".join(f"{n} H@20 | {n} N@20" for n in names) + " |"
+    lines = [f"Full ranking on {result['split']}, best checkpoint of each run ({result['data_dir']}).", "",
+             head, "|" + "---|" * (2 + 2 * len(names))]
+    for row in result["rows"]:
+        cells = [f"{row['runs'][n]['hr@20']:.4f} | {row['runs'][n]['ndcg@20']:.4f}" for n in names]
+        lines.append(f"| {row['group']} | {row['users']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python bench/breakdown.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", help="Run directories of finished (or checkpointed) runs.")
+    parser.add_argument("--split", choices=("valid", "test"), default="test",
+                        help="Which held-out item to rank. Default: %(default)s")
+    parser.add_argument("--json", default=None, help="Also write the numbers to this JSON file.")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    for run_dir in args.run_dirs:
+        if not os.path.exists(os.path.join(run_dir, "config.json")):
+            raise SystemExit(f"error: {run_dir}: no config.json; expected a run directory of asif_tf.train")
+    result = breakdown(args.run_dirs, args.split)
+    print(markdown(result))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
