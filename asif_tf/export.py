@@ -329,11 +329,14 @@ def load_run_config(run_dir: str) -> ExperimentConfig:
     return ExperimentConfig.from_json_file(path)
 
 
-def restore_model(run_dir: str, cfg: ExperimentConfig, info):
-    """The run's model with the best checkpoint's weights (the latest checkpoint if there is no best)."""
+def restore_model(run_dir: str, cfg: ExperimentConfig, info, which: str = "best"):
+    """The run's model with the best checkpoint's weights (the latest checkpoint if there is no best);
+    ``which="last"``: the last epoch's checkpoint instead."""
     from asif_tf.models import registry
-    path = tf.train.latest_checkpoint(os.path.join(run_dir, "best")) or \
-        tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be best or last, got {which!r}")
+    last = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    path = last if which == "last" else (tf.train.latest_checkpoint(os.path.join(run_dir, "best")) or last)
     if not path:
         raise FileNotFoundError(f"no checkpoint in {run_dir}/best or {run_dir}/checkpoints: train the run first")
     model = registry.build_model(cfg, info)

@@ -3,7 +3,8 @@
     python bench/breakdown.py bench/results/runs/beauty-cpu/{asif,nova,difsr}
 
 Each run directory (written by ``python -m asif_tf.train`` or bench/reproduce.py) is
-restored at its best checkpoint (the epoch its test metrics come from) and evaluated on
+restored at its best checkpoint (the epoch its test metrics come from; ``--checkpoint
+last``: the last epoch trained) and evaluated on
 one split with the trainer's own ranking code (``asif_tf.metrics``): every user's target
 ranked against the whole catalogue. The users are then grouped
 
@@ -53,8 +54,10 @@ def assign_bins(values: np.ndarray, edges: Sequence[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(edges), values, side="right") - 1
 
 
-def ranked_users(run_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(history lengths int [u], targets int [u], 0-based ranks int [u], data_dir) of a run's best checkpoint."""
+def ranked_users(run_dir: str, split: str, checkpoint: str = "best"
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(history lengths int [u], targets int [u], 0-based ranks int [u], data_dir) of a run's best
+    (or last) checkpoint."""
     import tensorflow as tf
     from asif_tf import export
     from asif_tf import metrics as ranking
@@ -63,7 +66,7 @@ def ranked_users(run_dir: str, split: str) -> Tuple[np.ndarray, np.ndarray, np.n
     fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
     info = data_input.load_dataset_info(cfg.data.data_dir, fields)
     tf.keras.backend.clear_session()
-    model, _ = export.restore_model(run_dir, cfg, info)
+    model, _ = export.restore_model(run_dir, cfg, info, checkpoint)
     items = model.item_embeddings()
     lengths, targets, ranks = [], [], []
     # No bucketing: the users come in file order, the same for every run of the dataset.
@@ -84,13 +87,13 @@ def group_metrics(ranks: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
     return {"hr@20": float(hit.mean()), "ndcg@20": float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean())}
 
 
-def breakdown(run_dirs: Sequence[str], split: str = "test") -> dict:
+def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best") -> dict:
     from asif_tf.data import input as data_input
     runs, lengths, targets, data_dir = {}, None, None, None
     for run_dir in run_dirs:
         name = os.path.basename(os.path.normpath(run_dir))
-        print(f"evaluating {name} on {split} ...", file=sys.stderr, flush=True)
-        lens, tgts, ranks, ddir = ranked_users(run_dir, split)
+        print(f"evaluating {name} ({checkpoint} checkpoint) on {split} ...", file=sys.stderr, flush=True)
+        lens, tgts, ranks, ddir = ranked_users(run_dir, split, checkpoint)
         if targets is None:
             lengths, targets, data_dir = lens, tgts, ddir
         elif ddir != data_dir or not np.array_equal(tgts, targets):
@@ -108,13 +111,15 @@ def breakdown(run_dirs: Sequence[str], split: str = "test") -> dict:
     rows = [{"group": label, "users": int(mask.sum()),
              "runs": {name: group_metrics(ranks, mask) for name, ranks in runs.items()}}
             for label, mask in groups if mask.any()]
-    return {"split": split, "data_dir": data_dir, "run_dirs": list(run_dirs), "rows": rows}
+    return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": list(run_dirs),
+            "rows": rows}
 
 
 def markdown(result: dict) -> str:
     names = list(result["rows"][0]["runs"])
     head = "| group | users | " + " | ".join(f"{n} H@20 | {n} N@20" for n in names) + " |"
-    lines = [f"Full ranking on {result['split']}, best checkpoint of each run ({result['data_dir']}).", "",
+    lines = [f"Full ranking on {result['split']}, {result['checkpoint']} checkpoint of each run "
+             f"({result['data_dir']}).", "",
              head, "|" + "---|" * (2 + 2 * len(names))]
     for row in result["rows"]:
         cells = [f"{row['runs'][n]['hr@20']:.4f} | {row['runs'][n]['ndcg@20']:.4f}" for n in names]
@@ -128,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dirs", nargs="+", help="Run directories of finished (or checkpointed) runs.")
     parser.add_argument("--split", choices=("valid", "test"), default="test",
                         help="Which held-out item to rank. Default: %(default)s")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="best: the epoch selected by validation NDCG@20 (what the test metrics report); "
+                             "last: the last epoch trained. Default: %(default)s")
     parser.add_argument("--json", default=None, help="Also write the numbers to this JSON file.")
     return parser
 
@@ -137,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for run_dir in args.run_dirs:
         if not os.path.exists(os.path.join(run_dir, "config.json")):
             raise SystemExit(f"error: {run_dir}: no config.json; expected a run directory of asif_tf.train")
-    result = breakdown(args.run_dirs, args.split)
+    result = breakdown(args.run_dirs, args.split, args.checkpoint)
     print(markdown(result))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
