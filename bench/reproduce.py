@@ -508,6 +508,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List[str], models: Sequence[str],
+                suffix: str) -> Optional[pathlib.Path]:
+    """Writes table-<setting>.md (or ablations-<setting>.md) from the results files; None for sweeps."""
+    if args.sweep:
+        return None
+    # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
+    names = names + [d for d in ("beauty", "yelp") if d not in names
+                     and (results_dir / f"{d}-{args.setting}{suffix}.json").exists()]
+    if args.ablations:
+        table_path = results_dir / f"ablations-{args.setting}.md"
+        table_path.write_text(ablation_table(results_dir, args.setting, names), encoding="utf-8")
+        return table_path
+    done = set()
+    for d in names:
+        done |= set(_load(results_dir / f"{d}-{args.setting}.json").get("runs", {}))
+    models = list(models) + [m for m in DEFAULT_MODELS if m in done and m not in models]
+    table_path = results_dir / f"table-{args.setting}.md"
+    table_path.write_text(main_table(results_dir, args.setting, names, models), encoding="utf-8")
+    return table_path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -575,6 +596,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.sweep:
                 summary["value"] = overrides[SWEEPS[args.sweep][0]]
             results.add(key, summary)
+            # The table is rewritten after every run, so a stopped invocation leaves it up to date.
+            write_table(results_dir, args, [d.name for d in datasets], models, suffix)
             _LOG.info("[%s %s] %s: test %s", ds.name, args.setting, key,
                       "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
         if args.sweep:
@@ -586,23 +609,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         curves = plot_curves(results.path)
         _LOG.info("wrote %s%s", results.path, f" and {curves}" if curves else "")
 
-    names = [ds.name for ds in datasets]
-    # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
-    names += [d for d in ("beauty", "yelp") if d not in names
-              and (results_dir / f"{d}-{args.setting}{suffix}.json").exists()]
-    if not args.ablations and not args.sweep:
-        done = set()
-        for d in names:
-            done |= set(_load(results_dir / f"{d}-{args.setting}.json").get("runs", {}))
-        models = models + [m for m in DEFAULT_MODELS if m in done and m not in models]
-    if args.ablations:
-        table_path = results_dir / f"ablations-{args.setting}.md"
-        table_path.write_text(ablation_table(results_dir, args.setting, names), encoding="utf-8")
-    elif not args.sweep:
-        table_path = results_dir / f"table-{args.setting}.md"
-        table_path.write_text(main_table(results_dir, args.setting, names, models), encoding="utf-8")
-    else:
-        table_path = None
+    table_path = write_table(results_dir, args, [ds.name for ds in datasets], models, suffix)
     if table_path:
         _LOG.info("wrote %s", table_path)
         print("\n" + table_path.read_text(encoding="utf-8"))
