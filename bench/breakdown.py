@@ -115,11 +115,17 @@ def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "b
             "rows": rows}
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it (tables get committed)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def markdown(result: dict) -> str:
     names = list(result["rows"][0]["runs"])
     head = "| group | users | " + " | ".join(f"{n} H@20 | {n} N@20" for n in names) + " |"
     lines = [f"Full ranking on {result['split']}, {result['checkpoint']} checkpoint of each run "
-             f"({result['data_dir']}).", "",
+             f"({_shown_path(result['data_dir'])}).", "",
              head, "|" + "---|" * (2 + 2 * len(names))]
     for row in result["rows"]:
         cells = [f"{row['runs'][n]['hr@20']:.4f} | {row['runs'][n]['ndcg@20']:.4f}" for n in names]
