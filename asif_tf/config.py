@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any, Dict, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, get_args, get_origin, get_type_hints
 
 
 def _field(default, help: str, choices=None, flag: Optional[str] = None):
@@ -35,6 +35,10 @@ class DataConfig:
     max_seq_len: int = _field(50, "Keep the most recent N items of each history (the paper uses 50).")
     attribute_fields: str = _field("", "Comma-separated attribute fields of the item table to use; "
                                        "empty = all fields of the dataset.")
+
+    def attribute_field_list(self) -> Optional[List[str]]:
+        """``attribute_fields`` as a list, or None for every field of the dataset."""
+        return [f for f in self.attribute_fields.split(",") if f] or None
 
 
 @dataclasses.dataclass

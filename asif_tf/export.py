@@ -362,7 +362,7 @@ def export_run(run_dir: str, export_dir: str, model=None, info=None, cfg: Option
     data_dir = data_dir or cfg.data.data_dir or ensure_builtin_dataset(cfg.data.builtin_dir)
     checkpoint = "in-memory model"
     if info is None:
-        fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
+        fields = cfg.data.attribute_field_list()
         info = data_input.load_dataset_info(data_dir, fields)
     if model is None:
         model, checkpoint = restore_model(run_dir, cfg, info)

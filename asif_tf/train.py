@@ -150,7 +150,7 @@ def run(cfg: ExperimentConfig) -> dict:
     tf.keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
+    fields = cfg.data.attribute_field_list()
     info = data_input.load_dataset_info(data_dir, fields)
     strategy = choose_strategy()
     with strategy.scope():

@@ -176,7 +176,7 @@ class Setup:
                                  "or use --tuner random / hyperband") from None
         self.cfg = cfg
         self.data_dir = cfg.data.data_dir or ensure_builtin_dataset(cfg.data.builtin_dir)
-        fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
+        fields = cfg.data.attribute_field_list()
         self.info = data_input.load_dataset_info(self.data_dir, fields)
 
 
