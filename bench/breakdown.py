@@ -63,7 +63,7 @@ def ranked_users(run_dir: str, split: str, checkpoint: str = "best"
     from asif_tf import metrics as ranking
     from asif_tf.data import input as data_input
     cfg = export.load_run_config(run_dir)
-    fields = [f for f in cfg.data.attribute_fields.split(",") if f] or None
+    fields = cfg.data.attribute_field_list()
     info = data_input.load_dataset_info(cfg.data.data_dir, fields)
     tf.keras.backend.clear_session()
     model, _ = export.restore_model(run_dir, cfg, info, checkpoint)
@@ -79,12 +79,16 @@ def ranked_users(run_dir: str, split: str, checkpoint: str = "best"
     return np.concatenate(lengths), np.concatenate(targets), np.concatenate(ranks), cfg.data.data_dir
 
 
-def group_metrics(ranks: np.ndarray, mask: np.ndarray) -> Dict[str, float]:
-    r = ranks[mask].astype(np.float64)
-    if r.size == 0:
-        return {"hr@20": float("nan"), "ndcg@20": float("nan")}
-    hit = r < 20
-    return {"hr@20": float(hit.mean()), "ndcg@20": float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean())}
+def per_user_metrics(ranks: np.ndarray) -> Dict[str, np.ndarray]:
+    """HR@20 and NDCG@20 of each user (float [u]) from 0-based ranks, by the trainer's metric code."""
+    from asif_tf import metrics as ranking
+    values = ranking.metrics_from_ranks(ranks, ks=(20,))
+    return {name: values[name].numpy().astype(np.float64) for name in ("hr@20", "ndcg@20")}
+
+
+def group_metrics(per_user: Dict[str, np.ndarray], mask: np.ndarray) -> Dict[str, float]:
+    """Mean of each per-user metric over the users in ``mask`` (bool [u])."""
+    return {name: float(values[mask].mean()) for name, values in per_user.items()}
 
 
 def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best") -> dict:
@@ -99,7 +103,7 @@ def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "b
         elif ddir != data_dir or not np.array_equal(tgts, targets):
             raise SystemExit(f"error: {run_dir} uses dataset {ddir}, not {data_dir} like the first run: "
                              "compare runs of one dataset")
-        runs[name] = ranks
+        runs[name] = per_user_metrics(ranks)
     counts = data_input.load_dataset_info(data_dir).item_counts
     popularity = counts[targets]
     groups = [("all users", np.ones_like(targets, bool))]
@@ -109,7 +113,7 @@ def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "b
         bins = assign_bins(values, edges)
         groups += [(label, bins == i) for i, label in enumerate(labels)]
     rows = [{"group": label, "users": int(mask.sum()),
-             "runs": {name: group_metrics(ranks, mask) for name, ranks in runs.items()}}
+             "runs": {name: group_metrics(per_user, mask) for name, per_user in runs.items()}}
             for label, mask in groups if mask.any()]
     return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": list(run_dirs),
             "rows": rows}
