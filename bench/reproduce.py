@@ -269,8 +269,11 @@ class ResultFile:
             self.data["runs"][key] = summary
             self._write()
 
-    def write(self) -> None:
+    def set_fields(self, **fields) -> None:
+        """Sets top-level fields, merged like ``add`` (runs other processes wrote are kept)."""
         with self._locked():
+            self.data = self._read()
+            self.data.update(fields)
             self._write()
 
     def _write(self) -> None:
@@ -601,9 +604,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _LOG.info("[%s %s] %s: test %s", ds.name, args.setting, key,
                       "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
         if args.sweep:
-            results.data["points"] = [dict(results.data["runs"][k], key=k) for k, _, _ in plan]
-            results.data["swept"] = SWEEPS[args.sweep][0]
-            results.write()
+            results.set_fields(points=[dict(results.data["runs"][k], key=k) for k, _, _ in plan],
+                               swept=SWEEPS[args.sweep][0])
             png = plot_sweep(results.path, args.sweep)
             _LOG.info("sweep %s on %s: %s%s", args.sweep, ds.name, results.path, f", {png}" if png else "")
         curves = plot_curves(results.path)
