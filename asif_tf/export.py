@@ -45,6 +45,7 @@ from asif_tf import _env  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from asif_tf.cli import HelpFormatter
 from asif_tf.config import ExperimentConfig
 from asif_tf.data import schema
 
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m asif_tf.export",
         description="Export a trained run as a TensorFlow Serving SavedModel: raw item ids in, top-k raw "
                     "item ids and scores out. Writes <export_dir>/<model_name>/<next version>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--run_dir", required=True, help="Run directory written by `python -m asif_tf.train`.")
     parser.add_argument("--export_dir", required=True, help="Base directory of the served models.")
     parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME, help="Model name the server serves it under.")

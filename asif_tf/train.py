@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
+from asif_tf.cli import HelpFormatter
 from asif_tf.config import ExperimentConfig, TrainConfig, add_config_flags, config_from_args
 from asif_tf.data import input as data_input
 from asif_tf.data.builtin import ensure_builtin_dataset
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train ASIF or a baseline on a preprocessed dataset (default: the built-in one), "
                     "select the epoch with the best validation NDCG@20, and report full-ranking test "
                     "HR@10/20, NDCG@10/20 and MRR. Boolean switches take --flag / --no-flag.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--config", default=None,
                         help="JSON config file (as written to <run_dir>/config.json); flags override it.")
     add_config_flags(parser)

@@ -13,6 +13,8 @@ import dataclasses
 import re
 from typing import List, Optional, Sequence, Tuple
 
+from asif_tf.cli import HelpFormatter
+
 FORMATS = ("s3rec", "recbole", "amazon", "csv")
 ATTRIBUTE_CHOICES = ("auto", "merged", "typed", "none")
 
@@ -124,7 +126,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m beam_pipelines.preprocess",
         allow_abbrev=False,  # so that Beam's --runner etc. are never taken as an abbreviation
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description=(
             "Turn a raw interaction log into the asif TFRecord dataset (see "
             "asif_tf/data/schema.py): parse (bad records go to <output_dir>/dead_letter), "

@@ -25,6 +25,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from asif_tf import _env  # noqa: F401
+from asif_tf.cli import HelpFormatter
 import grpc
 import numpy as np
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.client",
         description="Ask a TensorFlow Serving ASIF model for the top items after a history of raw item ids.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--server", default="localhost:8500", help="gRPC endpoint HOST:PORT.")
     parser.add_argument("--model", default="asif", help="Model name on the server.")
     parser.add_argument("--history", nargs="*", action="append", default=None, metavar="ID",

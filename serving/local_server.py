@@ -54,6 +54,7 @@ from concurrent import futures
 from typing import Optional, Sequence, Tuple
 
 from asif_tf import _env  # noqa: F401
+from asif_tf.cli import HelpFormatter
 import grpc
 import numpy as np
 import tensorflow as tf
@@ -337,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m serving.local_server",
         description="Serve the newest version of an exported model over TF Serving's gRPC API "
                     "(PredictionService, ModelService) for local development and tests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--export_dir", required=True, help="Model base directory: BASE/<model_name>.")
     parser.add_argument("--model_name", default=None, help="Name clients use (default: the directory's name).")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port, printed).")

@@ -42,6 +42,14 @@ def test_help_explains_every_flag(capsys):
                  "--rsa", "--no-rsa", "--up", "--hie", "--fa", "--loss", "--seed", "--run_dir", "--config",
                  "--data", "--training_samples", "--mixed_precision"]:
         assert flag in text, flag
+    # Each config flag states its config default once (argparse's own "(default: None)",
+    # the parser-level default that lets --config win, must not be printed after it).
+    flat = " ".join(text.split())
+    assert "(default: None)" not in flat
+    assert ") (default:" not in flat
+    from asif_tf.config import ModelConfig, TrainConfig
+    assert f"(default: {ModelConfig().hidden_size!r})" in flat
+    assert f"(default: {TrainConfig().learning_rate!r})" in flat
 
 
 def test_bad_flag_values_are_clear_errors(capsys):

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
+from asif_tf.cli import HelpFormatter
 from asif_tf.config import ExperimentConfig, add_config_flags, config_from_args
 from asif_tf.data import input as data_input
 from asif_tf.data.builtin import ensure_builtin_dataset
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m asif_tf.train --config <directory>/<project_name>/best_config.json. "
                "Several machines: see tuning/README.md (KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP, "
                "KERASTUNER_ORACLE_PORT).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = parser.add_argument_group("search")
     g.add_argument("--tuner", choices=TUNERS, default="bayesian",
                    help="Search algorithm: Bayesian optimisation (Gaussian process), Hyperband (successive "
