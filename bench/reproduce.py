@@ -27,9 +27,11 @@ Outputs under --results_dir (default bench/results/):
   <dataset>-<setting>-curves.png       validation N@20 / H@20 and training loss per epoch, every model
   table-<setting>.md                   Table 2 layout: ours, the paper's, relative difference
   <dataset>-<setting>-ablations.json,  ablations-<setting>.md   (--ablations, Table 4 layout)
-  <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7; ffn|refine|hie_padding)
+  <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7;
+                                                                ffn|refine|hie_causal|hie_padding)
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
+With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix).
 
 Examples:
   python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
@@ -37,6 +39,7 @@ Examples:
   python bench/reproduce.py --models sasrec,asif --datasets beauty --max_epochs 1   # smoke
   python bench/reproduce.py --ablations --datasets beauty
   python bench/reproduce.py --sweep lambda --datasets beauty
+  python bench/reproduce.py --sweep hie_causal --training_samples prefix --datasets beauty --patience 5
   python bench/reproduce.py --datasets mini=/path/to/s3rec_dir --models sasrec   # any s3rec directory
 """
 from __future__ import annotations
@@ -97,7 +100,21 @@ SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
           # ASIF.md's (R) choices, to be measured rather than assumed:
           "ffn": ("separate_ffn", (True, False)),            # separate FFN per stream vs one shared
           "refine": ("refine_fused", (True, False)),         # fused stream refined per layer vs static
-          "hie_padding": ("hie_mask_padding", (True, False))}  # padded positions masked out of HIE's basis
+          "hie_padding": ("hie_mask_padding", (True, False)),  # padded positions masked out of HIE's basis
+          "hie_causal": ("hie_causal", (True, False))}         # causal HIE vs one basis per sequence (research)
+# Settings a sweep's points share besides the swept field. The padding mask only matters for the
+# research code's HIE (one basis per sequence): causal HIE never lets a padded position in.
+SWEEP_FIXED = {"hie_padding": {"hie_causal": False}}
+# Sweeps whose points include the non-causal HIE, which leaks future items under one-sequence
+# training (asif_tf.config refuses it): they need --training_samples prefix.
+PREFIX_ONLY_SWEEPS = ("hie_padding", "hie_causal")
+
+
+def setting_label(setting: str, training_samples: str) -> str:
+    """Names the results files, tables and run directories of a setting. Prefix training is a
+    different run (and 5-10x the cost), so it gets its own label instead of colliding with the
+    one-sequence runs of the same setting: cpu, cpu-prefix, paper, paper-prefix."""
+    return setting if training_samples == "sequence" else f"{setting}-{training_samples}"
 
 
 def parse_sweep_values(text: str, kind: type) -> tuple:
@@ -487,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--training_samples", choices=("sequence", "prefix"), default="sequence",
                         help="sequence: a loss at every position of one sequence per user (all models here are "
                              "causal, ASIF with causal HIE); prefix: every prefix predicts its next item, the "
-                             "paper's protocol, 5-10x more steps. Default: %(default)s")
+                             "paper's protocol, 5-10x more steps; its results, tables and runs are labelled "
+                             "<setting>-prefix (e.g. beauty-cpu-prefix.json). Default: %(default)s")
     parser.add_argument("--attributes", choices=("paper", "all"), default="paper",
                         help="paper: Beauty uses its categories only (typed split), as the reference setting; "
                              "all: every attribute id (brand + categories merged). Default: %(default)s")
@@ -496,8 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
                         help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
                              "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
-                             "choices: ffn (separate_ffn), refine (refine_fused), hie_padding "
-                             "(hie_mask_padding).")
+                             "choices: ffn (separate_ffn), refine (refine_fused), hie_causal (causal HIE vs "
+                             "the research code's one basis per sequence) and hie_padding (hie_mask_padding of "
+                             "the per-sequence basis); the last two need --training_samples prefix.")
     parser.add_argument("--sweep_values", default=None,
                         help="Comma-separated values for --sweep (default: "
                              + "; ".join(f"{k}: {','.join(map(str, v[1]))}" for k, v in SWEEPS.items()) + ").")
@@ -513,22 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List[str], models: Sequence[str],
                 suffix: str) -> Optional[pathlib.Path]:
-    """Writes table-<setting>.md (or ablations-<setting>.md) from the results files; None for sweeps."""
+    """Writes table-<label>.md (or ablations-<label>.md) from the results files; None for sweeps."""
     if args.sweep:
         return None
+    label = setting_label(args.setting, args.training_samples)
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
     names = names + [d for d in ("beauty", "yelp") if d not in names
-                     and (results_dir / f"{d}-{args.setting}{suffix}.json").exists()]
+                     and (results_dir / f"{d}-{label}{suffix}.json").exists()]
     if args.ablations:
-        table_path = results_dir / f"ablations-{args.setting}.md"
-        table_path.write_text(ablation_table(results_dir, args.setting, names), encoding="utf-8")
+        table_path = results_dir / f"ablations-{label}.md"
+        table_path.write_text(ablation_table(results_dir, label, names), encoding="utf-8")
         return table_path
     done = set()
     for d in names:
-        done |= set(_load(results_dir / f"{d}-{args.setting}.json").get("runs", {}))
+        done |= set(_load(results_dir / f"{d}-{label}.json").get("runs", {}))
     models = list(models) + [m for m in DEFAULT_MODELS if m in done and m not in models]
-    table_path = results_dir / f"table-{args.setting}.md"
-    table_path.write_text(main_table(results_dir, args.setting, names, models), encoding="utf-8")
+    table_path = results_dir / f"table-{label}.md"
+    table_path.write_text(main_table(results_dir, label, names, models), encoding="utf-8")
     return table_path
 
 
@@ -565,12 +585,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 values = parse_sweep_values(args.sweep_values, kind)
             except ValueError:
                 parser.error(f"--sweep_values: expected {kind.__name__} values for {args.sweep}")
-        plan = [(f"{field}={v}", "asif", {field: v}) for v in values]
+        if args.sweep in PREFIX_ONLY_SWEEPS and args.training_samples != "prefix":
+            parser.error(f"--sweep {args.sweep} compares the research code's HIE (one basis per sequence), "
+                         "which sees later items under one-sequence training: add --training_samples prefix")
+        fixed = SWEEP_FIXED.get(args.sweep, {})
+        plan = [(f"{field}={v}", "asif", {**fixed, field: v}) for v in values]
         suffix = f"-sweep-{args.sweep}"
     else:
         plan = [(m, m, {}) for m in models]
         suffix = ""
 
+    label = setting_label(args.setting, args.training_samples)
     started = time.time()
     for ds in datasets:
         data_dir = prepare_dataset(ds, results_dir)
@@ -584,14 +609,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t.patience = args.patience
         if args.batch_size is not None:
             t.batch_size = args.batch_size
-        results = ResultFile(results_dir / f"{ds.name}-{args.setting}{suffix}.json",
-                             header(ds, args.setting, data_dir, base))
+        results = ResultFile(results_dir / f"{ds.name}-{label}{suffix}.json",
+                             header(ds, label, data_dir, base))
         for key, model, overrides in plan:
             cfg = model_config(base, model, overrides)
-            # A variant equal to plain ASIF (e.g. the sweep's default point) shares its run directory.
+            # A run directory is named by what differs from the model's default, so equal configs share
+            # one (the sweep's default point is plain ASIF; hie_padding's masked point is hie_causal's
+            # per-sequence point).
             default = model_config(base, model)
-            run_name = model if cfg.to_dict() == default.to_dict() else variant_name(model, overrides)
-            run_dir = results_dir / "runs" / f"{ds.name}-{args.setting}" / run_name
+            changed = {k: v for k, v in overrides.items() if getattr(default.model, k) != v}
+            run_name = variant_name(model, changed)
+            run_dir = results_dir / "runs" / f"{ds.name}-{label}" / run_name
             t0 = time.time()
             metrics = run_one(cfg, run_dir)
             summary = summarize(metrics, cfg, run_dir)
@@ -601,7 +629,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results.add(key, summary)
             # The table is rewritten after every run, so a stopped invocation leaves it up to date.
             write_table(results_dir, args, [d.name for d in datasets], models, suffix)
-            _LOG.info("[%s %s] %s: test %s", ds.name, args.setting, key,
+            _LOG.info("[%s %s] %s: test %s", ds.name, label, key,
                       "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
         if args.sweep:
             results.set_fields(points=[dict(results.data["runs"][k], key=k) for k, _, _ in plan],

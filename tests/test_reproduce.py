@@ -125,3 +125,32 @@ def test_breakdown_bins():
     breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
     assert breakdown.bin_labels((0, 1, 5), "n") == ["n = 0", "n 1-4", "n >= 5"]
     assert breakdown.assign_bins(np.array([0, 1, 4, 5, 99]), (0, 1, 5)).tolist() == [0, 1, 1, 2, 2]
+
+
+def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys):
+    reproduce = load_reproduce()
+    data = tmp_path / "mini"
+    write_s3rec(data, users=40)
+    results = tmp_path / "results"
+    argv = ["--datasets", f"mini={data}", "--sweep", "hie_padding", "--max_epochs", "1",
+            "--results_dir", str(results), "--verbose", "0"]
+    # Under one-sequence training the research HIE would see later items: refused up front.
+    with pytest.raises(SystemExit):
+        reproduce.main(argv)
+    assert "--training_samples prefix" in capsys.readouterr().err
+    assert reproduce.main(argv + ["--training_samples", "prefix"]) == 0
+    saved = json.loads((results / "mini-cpu-prefix-sweep-hie_padding.json").read_text())
+    assert [p["value"] for p in saved["points"]] == [True, False]
+    for point in saved["points"]:
+        # Prefix runs live apart from the one-sequence runs of the same setting, and every
+        # point uses the per-sequence basis, the only HIE where the padding mask changes anything.
+        run_dir = pathlib.Path(point["run_dir"])
+        assert run_dir.parent == results / "runs" / "mini-cpu-prefix"
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["train"]["training_samples"] == "prefix"
+        assert config["model"]["hie_causal"] is False
+        assert config["model"]["hie_mask_padding"] is point["value"]
+    # The masked point is the same model as hie_causal's per-sequence point: one run directory.
+    assert pathlib.Path(saved["points"][0]["run_dir"]).name == "asif-hie_causal=False"
+    assert reproduce.setting_label("cpu", "sequence") == "cpu"
+    assert reproduce.setting_label("paper", "prefix") == "paper-prefix"
