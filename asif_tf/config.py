@@ -64,11 +64,16 @@ class ModelConfig:
     fa: bool = _field(True, "FA: feature-alignment contrastive loss weighted by --lambda_fa (--no-fa: off).")
     num_bases: int = _field(16, "r, the number of orthogonal bases of HIE (paper Fig. 6).")
     hie_mask_padding: bool = _field(True, "Mask padded positions out of the HIE basis "
-                                          "(--no-hie_mask_padding: the unmasked research variant).")
+                                          "(--no-hie_mask_padding: the unmasked research variant, only with --no-hie_causal; "
+                                          "the padded positions it lets in are those of the batch, which pads "
+                                          "to its longest sequence, where the research code pads every "
+                                          "sequence to max_seq_len).")
     hie_causal: bool = _field(True, "Causal HIE: position t uses a basis built from positions <= t, so a "
                                     "loss at every position does not leak the future. Required with "
-                                    "--training_samples sequence; with prefix training both agree at the last "
-                                    "position, but the model must be evaluated as it was trained.")
+                                    "--training_samples sequence. --no-hie_causal: the research code's one basis per "
+                                    "sequence (prefix training only); it agrees with causal HIE at the last "
+                                    "position for one layer only, since from the second layer on earlier "
+                                    "positions have seen later ones in the layers below.")
     refine_fused: bool = _field(True, "Refine the fused stream layer by layer (--no-refine_fused: static).")
     separate_ffn: bool = _field(True, "Separate feed-forward networks per stream "
                                       "(--no-separate_ffn: one FFN shared by the three streams, research code).")
