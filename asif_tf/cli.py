@@ -17,6 +17,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if "(default" in help_text.lower() or "%(default)" in help_text or action.default is None:
+        if "(default" in help_text.lower() or action.default is None:   # also matches "%(default)s"
             return help_text
         return super()._get_help_string(action)
