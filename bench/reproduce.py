@@ -541,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def canonical_order(items: Sequence[str], canonical: Sequence[str]) -> List[str]:
+    """``items`` with the known ones in ``canonical`` order (the paper's) and the others after,
+    as given: a table's rows and columns must not depend on which invocation wrote it last."""
+    return [c for c in canonical if c in items] + [i for i in items if i not in canonical]
+
+
 def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List[str], models: Sequence[str],
                 suffix: str) -> Optional[pathlib.Path]:
     """Writes table-<label>.md (or ablations-<label>.md) from the results files; None for sweeps."""
@@ -550,6 +556,7 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
     names = names + [d for d in ("beauty", "yelp") if d not in names
                      and (results_dir / f"{d}-{label}{suffix}.json").exists()]
+    names = canonical_order(names, ("beauty", "yelp"))
     if args.ablations:
         table_path = results_dir / f"ablations-{label}.md"
         table_path.write_text(ablation_table(results_dir, label, names), encoding="utf-8")
@@ -557,7 +564,8 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     done = set()
     for d in names:
         done |= set(_load(results_dir / f"{d}-{label}.json").get("runs", {}))
-    models = list(models) + [m for m in DEFAULT_MODELS if m in done and m not in models]
+    models = canonical_order(list(models) + [m for m in DEFAULT_MODELS if m in done and m not in models],
+                             DEFAULT_MODELS)
     table_path = results_dir / f"table-{label}.md"
     table_path.write_text(main_table(results_dir, label, names, models), encoding="utf-8")
     return table_path

@@ -121,6 +121,13 @@ def test_sweep_values_parse_booleans_and_numbers():
     assert reproduce.SWEEPS["ffn"] == ("separate_ffn", (True, False))
 
 
+def test_table_rows_follow_the_papers_order_whatever_the_invocation_order():
+    reproduce = load_reproduce()
+    assert reproduce.canonical_order(["asif", "mine", "difsr", "sasrec"], reproduce.DEFAULT_MODELS) == \
+        ["sasrec", "difsr", "asif", "mine"]
+    assert reproduce.canonical_order(["mini", "yelp", "beauty"], ("beauty", "yelp")) == ["beauty", "yelp", "mini"]
+
+
 def test_breakdown_bins():
     breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
     assert breakdown.bin_labels((0, 1, 5), "n") == ["n = 0", "n 1-4", "n >= 5"]
