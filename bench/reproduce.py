@@ -67,6 +67,7 @@ from asif_tf.config import MODELS, ExperimentConfig  # noqa: E402
 _LOG = logging.getLogger("reproduce")
 
 DEFAULT_MODELS = ("sasrec", "sasrecf", "fdsa", "nova", "difsr", "gru4rec", "asif")
+PAPER_DATASETS = ("beauty", "yelp")          # the paper's datasets, in its tables' order
 METRICS = ("hr@10", "hr@20", "ndcg@10", "ndcg@20")
 SHORT = {"hr@10": "H@10", "hr@20": "H@20", "ndcg@10": "N@10", "ndcg@20": "N@20"}
 
@@ -553,10 +554,10 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     if args.sweep:
         return None
     label = setting_label(args.setting, args.training_samples)
-    # Tables also show the other paper dataset when its results (from an earlier invocation) exist.
-    names = names + [d for d in ("beauty", "yelp") if d not in names
-                     and (results_dir / f"{d}-{label}{suffix}.json").exists()]
-    names = canonical_order(names, ("beauty", "yelp"))
+    # Tables also show the other paper dataset when its results (from an earlier invocation) exist;
+    # canonical_order keeps each known name once.
+    names = canonical_order(names + [d for d in PAPER_DATASETS
+                                     if (results_dir / f"{d}-{label}{suffix}.json").exists()], PAPER_DATASETS)
     if args.ablations:
         table_path = results_dir / f"ablations-{label}.md"
         table_path.write_text(ablation_table(results_dir, label, names), encoding="utf-8")
@@ -564,8 +565,7 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     done = set()
     for d in names:
         done |= set(_load(results_dir / f"{d}-{label}.json").get("runs", {}))
-    models = canonical_order(list(models) + [m for m in DEFAULT_MODELS if m in done and m not in models],
-                             DEFAULT_MODELS)
+    models = canonical_order(list(models) + [m for m in DEFAULT_MODELS if m in done], DEFAULT_MODELS)
     table_path = results_dir / f"table-{label}.md"
     table_path.write_text(main_table(results_dir, label, names, models), encoding="utf-8")
     return table_path

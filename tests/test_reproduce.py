@@ -126,6 +126,7 @@ def test_table_rows_follow_the_papers_order_whatever_the_invocation_order():
     assert reproduce.canonical_order(["asif", "mine", "difsr", "sasrec"], reproduce.DEFAULT_MODELS) == \
         ["sasrec", "difsr", "asif", "mine"]
     assert reproduce.canonical_order(["mini", "yelp", "beauty"], ("beauty", "yelp")) == ["beauty", "yelp", "mini"]
+    assert reproduce.canonical_order(["yelp", "beauty", "yelp"], ("beauty", "yelp")) == ["beauty", "yelp"]
 
 
 def test_breakdown_bins():
