@@ -80,6 +80,9 @@ class ModelConfig:
     lambda_fa: float = _field(0.01, "lambda, weight of the FA loss (research default 0.01 Beauty, 0.1 Yelp).")
     fa_temperature: float = _field(0.2, "Temperature tau of the FA contrastive loss.")
     fa_mask_padding: bool = _field(True, "Mask padded positions out of the FA loss.")
+    attribute_dropout: float = _field(0.0, "ASIF only: dropout on the attribute embedding A before it enters "
+                                           "the fused stream. 0 is the research code, where F0 = E0 + A and A "
+                                           "escapes the input dropout; the FA loss always sees A undropped.")
     lambda_attr: float = _field(10.0, "DIF-SR only: weight of the attribute-prediction loss.")
 
 
@@ -124,7 +127,8 @@ class ExperimentConfig:
                             ("batch_size", t.batch_size), ("epochs", t.epochs), ("num_bases", m.num_bases)):
             if value < 1:
                 raise ValueError(f"--{name} must be >= 1, got {value}")
-        for name, value in (("dropout", m.dropout), ("attention_dropout", m.attention_dropout)):
+        for name, value in (("dropout", m.dropout), ("attention_dropout", m.attention_dropout),
+                            ("attribute_dropout", m.attribute_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {value}")
         if m.model == "asif" and m.hie and not m.hie_causal and t.training_samples == "sequence":

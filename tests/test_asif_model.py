@@ -200,3 +200,32 @@ def test_training_steps_lower_the_loss(loss):
     first = float(model.compute_loss(batch))
     model.fit(ds, verbose=0)
     assert float(model.compute_loss(batch)) < 0.7 * first
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_attribute_dropout_drops_a_before_fusion_only(training):
+    """What the fusion receives is A, dropped (and rescaled) only in training; FA still sees A undropped."""
+    model, _ = build(attribute_dropout=0.5, lambda_fa=0.3)
+    enc = model.encoder
+    h = tf.constant(histories([8, 5]))
+    attrs = enc.attribute_embedding(h).numpy()                                   # [b, n, m, d]
+    seen = {}
+    fusion_call = enc.fusion.call
+
+    def spy(item, attributes):
+        seen["a"] = attributes.numpy()
+        return fusion_call(item, attributes)
+
+    enc.fusion.call = spy
+    tf.keras.utils.set_random_seed(1)
+    aux = float(enc(h, training=training)["aux_loss"])
+    got = seen["a"]
+    if not training:
+        np.testing.assert_allclose(got, attrs, rtol=1e-6)
+    else:
+        kept = got != 0
+        np.testing.assert_allclose(got[kept], attrs[kept] / 0.5, rtol=1e-5)
+        assert 0.35 < 1.0 - kept[attrs != 0].mean() < 0.65                    # about half dropped
+    x = enc.item_embedding(h).numpy()
+    a = attrs.sum(axis=2)
+    assert aux == pytest.approx(0.3 * numpy_fa(x, a, (h.numpy() > 0), 0.2), rel=1e-4)
