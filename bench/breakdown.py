@@ -15,6 +15,12 @@ ranked against the whole catalogue. The users are then grouped
 and HR@20 / NDCG@20 are printed per group and run, as a markdown table (``--json``
 also writes the numbers). The "all users" row equals the run's metrics.json.
 All runs must use the same dataset directory.
+
+A second table compares every run with the first, on the same users: the difference of
+the means (other - first) with a 95% paired bootstrap interval over users
+(``--bootstrap`` resamples) and the share of resamples in which the other run is ahead.
+It measures how much a difference could come from which users happen to be in the test
+set; it does not measure run-to-run (seed) variation, which adds to it.
 """
 from __future__ import annotations
 
@@ -91,7 +97,32 @@ def group_metrics(per_user: Dict[str, np.ndarray], mask: np.ndarray) -> Dict[str
     return {name: float(values[mask].mean()) for name, values in per_user.items()}
 
 
-def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best") -> dict:
+def paired_bootstrap(reference: np.ndarray, other: np.ndarray, num_resamples: int = 2000,
+                     seed: int = 0, chunk: int = 100) -> Dict[str, float]:
+    """Paired bootstrap over users of mean(other) - mean(reference).
+
+    reference, other: float [u], one value per user, the same users in the same order.
+    Returns the observed difference, the 2.5% and 97.5% percentiles of the resampled
+    differences, and ``p_ahead``, the share of resamples in which ``other`` is ahead (> 0).
+    """
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    if reference.ndim != 1 or reference.shape != other.shape or reference.size == 0:
+        raise ValueError(f"expected two equal-length non-empty per-user vectors, got shapes "
+                         f"{reference.shape} and {other.shape}")
+    diff = other - reference                                                     # [u]
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, num_resamples, chunk):   # chunks keep the index matrix small
+        idx = rng.integers(0, diff.size, size=(min(chunk, num_resamples - start), diff.size))
+        means.append(diff[idx].mean(axis=1))
+    means = np.concatenate(means)                                                # [num_resamples]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
+            "p_ahead": float((means > 0).mean())}
+
+
+def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best",
+              num_resamples: int = 2000) -> dict:
     from asif_tf.data import input as data_input
     runs, lengths, targets, data_dir = {}, None, None, None
     for run_dir in run_dirs:
@@ -115,8 +146,12 @@ def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "b
     rows = [{"group": label, "users": int(mask.sum()),
              "runs": {name: group_metrics(per_user, mask) for name, per_user in runs.items()}}
             for label, mask in groups if mask.any()]
+    names = list(runs)
+    paired = {name: {metric: paired_bootstrap(runs[names[0]][metric], runs[name][metric], num_resamples)
+                     for metric in ("hr@20", "ndcg@20")}
+              for name in names[1:]} if num_resamples > 0 else {}
     return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": list(run_dirs),
-            "rows": rows}
+            "rows": rows, "reference": names[0], "num_resamples": num_resamples, "paired": paired}
 
 
 def _shown_path(path: str) -> str:
@@ -134,6 +169,15 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         cells = [f"{row['runs'][n]['hr@20']:.4f} | {row['runs'][n]['ndcg@20']:.4f}" for n in names]
         lines.append(f"| {row['group']} | {row['users']} | " + " | ".join(cells) + " |")
+    if result.get("paired"):
+        ref = result["reference"]
+        lines += ["", f"Paired difference from {ref} over all users (other - {ref}), 95% bootstrap interval "
+                      f"({result['num_resamples']} resamples of the users), share of resamples ahead of {ref}:", "",
+                  "| run | H@20 diff [95% CI] | ahead | N@20 diff [95% CI] | ahead |", "|---|---|---|---|---|"]
+        for name, stats in result["paired"].items():
+            cells = [f"{s['diff']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] | {s['p_ahead']:.0%}"
+                     for s in (stats["hr@20"], stats["ndcg@20"])]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="best: the epoch selected by validation NDCG@20 (what the test metrics report); "
                              "last: the last epoch trained. Default: %(default)s")
+    parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                        help="Resamples of the users for the paired intervals against the first run "
+                             "(0: no paired table). Default: %(default)s")
     parser.add_argument("--json", default=None, help="Also write the numbers to this JSON file.")
     return parser
 
@@ -155,7 +202,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for run_dir in args.run_dirs:
         if not os.path.exists(os.path.join(run_dir, "config.json")):
             raise SystemExit(f"error: {run_dir}: no config.json; expected a run directory of asif_tf.train")
-    result = breakdown(args.run_dirs, args.split, args.checkpoint)
+    if args.bootstrap < 0:
+        raise SystemExit(f"error: --bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
+    result = breakdown(args.run_dirs, args.split, args.checkpoint, args.bootstrap)
     print(markdown(result))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -79,7 +79,15 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
         assert sum(r["users"] for r in part) == everyone["users"]
         mean = sum(r["users"] * r["runs"]["asif"]["ndcg@20"] for r in part) / everyone["users"]
         assert mean == pytest.approx(everyone["runs"]["asif"]["ndcg@20"], abs=1e-9)
-    assert "| all users |" in breakdown.markdown(result)
+    # The paired difference is the difference of the two runs' reported test metrics.
+    assert result["reference"] == "sasrec"
+    for metric in ("hr@20", "ndcg@20"):
+        stats = result["paired"]["asif"][metric]
+        assert stats["diff"] == pytest.approx(saved["runs"]["asif"]["test"][metric]
+                                              - saved["runs"]["sasrec"]["test"][metric], abs=1e-6)
+        assert stats["ci_low"] <= stats["diff"] + 1e-12 and stats["diff"] <= stats["ci_high"] + 1e-12
+    text = breakdown.markdown(result)
+    assert "| all users |" in text and "| asif | " in text
     # A second invocation trains nothing: the finished runs are reused as they are.
     before = {n: (pathlib.Path(r["run_dir"]) / "state.json").stat().st_mtime for n, r in saved["runs"].items()}
     assert reproduce.main(argv) == 0
@@ -133,6 +141,27 @@ def test_breakdown_bins():
     breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
     assert breakdown.bin_labels((0, 1, 5), "n") == ["n = 0", "n 1-4", "n >= 5"]
     assert breakdown.assign_bins(np.array([0, 1, 4, 5, 99]), (0, 1, 5)).tolist() == [0, 1, 1, 2, 2]
+
+
+def test_paired_bootstrap_against_closed_forms():
+    breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
+    rng = np.random.default_rng(3)
+    reference = rng.random(4000)
+    # A constant shift: every resample has the same difference, so the interval is that point.
+    shifted = breakdown.paired_bootstrap(reference, reference + 0.25, num_resamples=300)
+    assert shifted["diff"] == pytest.approx(0.25) and shifted["p_ahead"] == 1.0
+    assert shifted["ci_low"] == pytest.approx(0.25) and shifted["ci_high"] == pytest.approx(0.25)
+    # Noisy per-user differences: the percentile interval matches the normal approximation
+    # mean +- 1.96 sd / sqrt(u) of the mean difference (the CLT holds at u = 4000).
+    other = reference + rng.normal(0.01, 0.3, reference.size)
+    stats = breakdown.paired_bootstrap(reference, other, num_resamples=4000, seed=1)
+    diff = other - reference
+    half = 1.96 * diff.std() / np.sqrt(diff.size)
+    assert stats["diff"] == pytest.approx(diff.mean())
+    assert stats["ci_low"] == pytest.approx(diff.mean() - half, abs=0.1 * half)
+    assert stats["ci_high"] == pytest.approx(diff.mean() + half, abs=0.1 * half)
+    with pytest.raises(ValueError, match="equal-length"):
+        breakdown.paired_bootstrap(np.zeros(3), np.zeros(4))
 
 
 def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys):
