@@ -202,6 +202,29 @@ def test_training_steps_lower_the_loss(loss):
     assert float(model.compute_loss(batch)) < 0.7 * first
 
 
+def test_logged_epoch_loss_is_the_mean_over_batches_not_the_last_one():
+    tf.keras.utils.set_random_seed(0)
+    cfg = tiny_config()                      # no dropout: training=True gives the same loss
+    model = registry.build_model(cfg, tiny_info())
+    model.compile(tf.keras.optimizers.SGD(0.0))   # weights stay put, so each batch's loss is fixed
+    # Batches of different lengths and sizes, as length buckets give.
+    batches = []
+    for i, (size, length) in enumerate([(8, 8), (3, 3), (5, 6), (2, 2)]):
+        h = histories([length] * size, seed=10 + i)
+        labels = np.zeros_like(h)
+        labels[:, :length - 1] = h[:, 1:length]
+        history = h.copy()
+        history[:, length - 1] = 0
+        batches.append({"history": tf.constant(history), "labels": tf.constant(labels)})
+    per_batch = [float(model.compute_loss(b)) for b in batches]
+    assert max(per_batch) - min(per_batch) > 0.01          # the last batch alone would differ
+    ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature={
+        "history": tf.TensorSpec([None, 8], tf.int64), "labels": tf.TensorSpec([None, 8], tf.int64)})
+    logged = model.fit(ds, epochs=2, verbose=0).history["loss"]
+    # Each epoch logs the mean of its own batches' losses (reset between epochs).
+    assert logged == pytest.approx([np.mean(per_batch)] * 2, rel=1e-5)
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_attribute_dropout_drops_a_before_fusion_only(training):
     """What the fusion receives is A, dropped (and rescaled) only in training; FA still sees A undropped."""

@@ -43,6 +43,10 @@ class SequentialRetrievalModel(tfrs.Model):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.encoder, self.loss_name, self.eval_chunk_size = encoder, loss, int(eval_chunk_size)
         self.ranking = ranking.RankingMetrics(ks, name="ranking")
+        # The epoch's mean training loss: returning the step's own loss from train_step (as
+        # tfrs.Model does) makes Keras log the LAST batch's loss as the epoch's, which with
+        # length buckets is whichever bucket came last, not a training curve.
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.aux_loss_tracker = tf.keras.metrics.Mean(name="aux_loss")
         if loss == "sampled":
             if item_probabilities is None:
@@ -96,9 +100,12 @@ class SequentialRetrievalModel(tfrs.Model):
             regularization = tf.add_n(self.losses) if self.losses else tf.zeros([])
             total = loss + regularization
         self.optimizer.minimize(total, self.trainable_variables, tape=tape)
-        return {"loss": loss, "aux_loss": self.aux_loss_tracker.result()}
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.loss_tracker.update_state(loss * tf.cast(replicas, tf.float32))  # undo the replica scaling
+        return {"loss": self.loss_tracker.result(), "aux_loss": self.aux_loss_tracker.result()}
 
     @property
     def metrics(self):
-        return [self.ranking, self.aux_loss_tracker]
+        # Listed here so that Keras resets them at the start of every epoch.
+        return [self.ranking, self.loss_tracker, self.aux_loss_tracker]
 
