@@ -197,17 +197,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for run_dir in args.run_dirs:
+def check_run_dirs(run_dirs: Sequence[str]) -> None:
+    """Exits with a clear error unless every path is a run directory of asif_tf.train."""
+    for run_dir in run_dirs:
         if not os.path.exists(os.path.join(run_dir, "config.json")):
             raise SystemExit(f"error: {run_dir}: no config.json; expected a run directory of asif_tf.train")
+
+
+def emit(text: str, result: dict, json_path: Optional[str]) -> None:
+    """Prints the markdown table; writes the numbers to ``json_path`` when given."""
+    print(text)
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_run_dirs(args.run_dirs)
     if args.bootstrap < 0:
         raise SystemExit(f"error: --bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
     result = breakdown(args.run_dirs, args.split, args.checkpoint, args.bootstrap)
-    print(markdown(result))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    emit(markdown(result), result, args.json)
     return 0
 
 

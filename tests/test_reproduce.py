@@ -88,6 +88,33 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
         assert stats["ci_low"] <= stats["diff"] + 1e-12 and stats["diff"] <= stats["ci_high"] + 1e-12
     text = breakdown.markdown(result)
     assert "| all users |" in text and "| asif | " in text
+    # bench/train_fit.py: its train CE is the trainer's own loss (SASRec has no auxiliary loss)
+    # with dropout off, averaged over every training position of the same sequences.
+    train_fit = load_module("train_fit", REPO / "bench" / "train_fit.py")
+    sasrec_dir = saved["runs"]["sasrec"]["run_dir"]
+    fit = train_fit.run_fit(sasrec_dir, "last")
+    import tensorflow as tf
+    from asif_tf import export
+    from asif_tf.data import input as data_input
+    cfg = export.load_run_config(sasrec_dir)
+    model, _ = export.restore_model(sasrec_dir, cfg, data_input.load_dataset_info(cfg.data.data_dir), "last")
+    total = count = 0
+    for batch in data_input.train_dataset(cfg.data.data_dir, 7, cfg.data.max_seq_len, bucket=False, shuffle=False):
+        n = int(tf.reduce_sum(tf.cast(batch["labels"] > 0, tf.int32)))
+        total, count = total + float(model.compute_loss(batch, training=False)) * n, count + n
+    assert fit["epoch"] == 2 and fit["train_positions"] == count
+    assert fit["train_ce"] == pytest.approx(total / count, rel=1e-4)
+    # Valid CE in numpy from the model's user vectors: log-sum-exp over items 1..V minus the target's logit.
+    items = model.item_embeddings().numpy()[1:]
+    ces = []
+    for batch in data_input.eval_dataset(cfg.data.data_dir, "valid", 5, cfg.data.max_seq_len, bucket=False):
+        logits = model(batch["history"], training=False).numpy() @ items.T
+        top = logits.max(axis=1)
+        lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+        ces.extend(lse - logits[np.arange(len(logits)), batch["target"].numpy() - 1])
+    assert fit["valid_users"] == len(ces)
+    assert fit["valid_ce"] == pytest.approx(np.mean(ces), rel=1e-4)
+    assert "| sasrec | last | 2 |" in train_fit.markdown({"sasrec": {"last": fit}})
     # A second invocation trains nothing: the finished runs are reused as they are.
     before = {n: (pathlib.Path(r["run_dir"]) / "state.json").stat().st_mtime for n, r in saved["runs"].items()}
     assert reproduce.main(argv) == 0

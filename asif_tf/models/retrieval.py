@@ -45,8 +45,11 @@ class SequentialRetrievalModel(tfrs.Model):
         self.ranking = ranking.RankingMetrics(ks, name="ranking")
         # The epoch's mean training loss: returning the step's own loss from train_step (as
         # tfrs.Model does) makes Keras log the LAST batch's loss as the epoch's, which with
-        # length buckets is whichever bucket came last, not a training curve.
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        # length buckets is whichever bucket came last, not a training curve. It is kept out of
+        # Keras' attribute tracking (a plain tuple set with object.__setattr__): a metric's
+        # running state has no place in a checkpoint, and checkpoints written before this
+        # tracker existed must still restore.
+        object.__setattr__(self, "_untracked", (tf.keras.metrics.Mean(name="loss"),))
         self.aux_loss_tracker = tf.keras.metrics.Mean(name="aux_loss")
         if loss == "sampled":
             if item_probabilities is None:
@@ -56,6 +59,10 @@ class SequentialRetrievalModel(tfrs.Model):
             self.task = tfrs.tasks.Retrieval(
                 loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
                 remove_accidental_hits=True, name="retrieval")
+
+    @property
+    def loss_tracker(self) -> tf.keras.metrics.Mean:
+        return self._untracked[0]
 
     def call(self, history, training=None):
         """User vectors float [b, d] of right-padded histories int [b, n]."""
