@@ -110,11 +110,16 @@ SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
 SWEEP_FIXED = {"hie_padding": {"hie_causal": False}}
 
 
-def setting_label(setting: str, training_samples: str) -> str:
+DEFAULT_SEED = 42
+
+
+def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED) -> str:
     """Names the results files, tables and run directories of a setting. Prefix training is a
     different run (and 5-10x the cost), so it gets its own label instead of colliding with the
-    one-sequence runs of the same setting: cpu, cpu-prefix, paper, paper-prefix."""
-    return setting if training_samples == "sequence" else f"{setting}-{training_samples}"
+    one-sequence runs of the same setting: cpu, cpu-prefix, paper, paper-prefix. Another seed
+    repeats a setting to measure run-to-run variation, so it gets its own too: cpu-seed1."""
+    label = setting if training_samples == "sequence" else f"{setting}-{training_samples}"
+    return label if seed == DEFAULT_SEED else f"{label}-seed{seed}"
 
 
 def parse_sweep_values(text: str, kind: type) -> tuple:
@@ -538,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Directory holding beauty/ and yelp/ in S3-Rec format. Default: %(default)s")
     parser.add_argument("--results_dir", default=str(REPO / "bench" / "results"),
                         help="Where results, the cached datasets and the run directories go. Default: %(default)s")
-    parser.add_argument("--seed", type=int, default=42, help="Random seed of every run. Default: %(default)s")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="Random seed of every run (initialisation, dropout, data order). Another seed "
+                             "is a repeat of the setting with its own results, tables and run directories "
+                             "(label e.g. cpu-seed1), to measure run-to-run variation. Default: %(default)s")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                         help="Keras verbosity of each run. Default: %(default)s")
     return parser
@@ -555,7 +563,7 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     """Writes table-<label>.md (or ablations-<label>.md) from the results files; None for sweeps."""
     if args.sweep:
         return None
-    label = setting_label(args.setting, args.training_samples)
+    label = setting_label(args.setting, args.training_samples, args.seed)
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist;
     # canonical_order keeps each known name once.
     names = canonical_order(names + [d for d in PAPER_DATASETS
@@ -623,7 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ValueError as err:
                 parser.error(f"{ds.name} {key}: {err}")
 
-    label = setting_label(args.setting, args.training_samples)
+    label = setting_label(args.setting, args.training_samples, args.seed)
     started = time.time()
     for ds in datasets:
         data_dir = prepare_dataset(ds, results_dir)

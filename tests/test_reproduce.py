@@ -218,3 +218,5 @@ def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys
     assert pathlib.Path(saved["points"][0]["run_dir"]).name == "asif-hie_causal=False"
     assert reproduce.setting_label("cpu", "sequence") == "cpu"
     assert reproduce.setting_label("paper", "prefix") == "paper-prefix"
+    assert reproduce.setting_label("cpu", "sequence", 1) == "cpu-seed1"
+    assert reproduce.setting_label("cpu", "prefix", reproduce.DEFAULT_SEED) == "cpu-prefix"
