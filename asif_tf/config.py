@@ -23,7 +23,10 @@ def _field(default, help: str, choices=None, flag: Optional[str] = None):
 
 
 MODELS = ("asif", "sasrec", "sasrecf", "fdsa", "nova", "difsr", "gru4rec")
-FUSIONS = ("sum", "concat", "gate")
+# The paper's fusion functions (Figure 7), and one diagnostic that is not in the paper:
+# "attributes" leaves the item ID out of the fused stream (F0 = sum_k A_k).
+PAPER_FUSIONS = ("sum", "concat", "gate")
+FUSIONS = PAPER_FUSIONS + ("attributes",)
 
 
 @dataclasses.dataclass
@@ -52,7 +55,9 @@ class ModelConfig:
     attention_dropout: float = _field(0.3, "Dropout on attention probabilities.")
     init_std: float = _field(0.02, "Std of the truncated-normal initializer of embeddings and projections.")
     layer_norm_eps: float = _field(1e-12, "LayerNorm epsilon.")
-    fusion: str = _field("sum", "Fusion function gamma of ID and attribute embeddings (paper Fig. 7).",
+    fusion: str = _field("sum", "Fusion function gamma of ID and attribute embeddings (paper Fig. 7); "
+                                "'attributes' (not in the paper) leaves the ID out: F0 = sum of the "
+                                "attribute embeddings.",
                          choices=FUSIONS)
     attribute_pooling: str = _field("sum", "Pooling of the multi-valued tokens of one attribute field.",
                                     choices=("sum", "mean"))

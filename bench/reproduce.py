@@ -104,7 +104,9 @@ SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
           "hie_padding": ("hie_mask_padding", (True, False)),  # padded positions masked out of HIE's basis
           "hie_causal": ("hie_causal", (True, False)),         # causal HIE vs one basis per sequence (research)
           # not in the paper: dropout on A, the one input to the fused stream that escapes dropout
-          "attr_dropout": ("attribute_dropout", (0.0, 0.2, 0.5))}
+          "attr_dropout": ("attribute_dropout", (0.0, 0.2, 0.5)),
+          # not in the paper: the fused stream with and without the item ID (F0 = E0 + A vs A)
+          "fused_identity": ("fusion", ("sum", "attributes"))}
 # Settings a sweep's points share besides the swept field. The padding mask only matters for the
 # research code's HIE (one basis per sequence): causal HIE never lets a padded position in.
 SWEEP_FIXED = {"hie_padding": {"hie_causal": False}}

@@ -28,7 +28,7 @@ def test_shapes():
     assert model.item_embeddings().shape == (31, 16)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"fusion": "gate"}, {"fusion": "concat"}, {"rsa": False},
+@pytest.mark.parametrize("overrides", [{}, {"fusion": "gate"}, {"fusion": "concat"}, {"fusion": "attributes"}, {"rsa": False},
                                        {"up": False}, {"separate_ffn": False}, {"refine_fused": False}])
 def test_no_leakage_later_items_never_change_earlier_positions(overrides):
     model, _ = build(**overrides)
@@ -229,6 +229,29 @@ def test_logged_epoch_loss_is_the_mean_over_batches_not_the_last_one(tmp_path):
     names = [name for name, _ in tf.train.list_variables(path)]
     assert any("aux_loss_tracker" in n for n in names)
     assert not any("loss_tracker" in n.replace("aux_loss_tracker", "") for n in names)
+
+
+def test_attributes_fusion_leaves_the_item_id_out_of_the_fused_stream():
+    """fusion="attributes": F0 = sum_k A_k, so the fused stream is blind to which item it is."""
+    model, _ = build(fusion="attributes")
+    enc = model.encoder
+    h = tf.constant(histories([8, 5]))
+    seen = {}
+    fusion_call = enc.fusion.call
+
+    def spy(item, attributes):
+        seen["f"] = fusion_call(item, attributes)
+        return seen["f"]
+
+    enc.fusion.call = spy
+    enc(h, training=False)
+    want = enc.attribute_embedding(h).numpy().sum(axis=2)                      # [b, n, d], numpy sum
+    np.testing.assert_allclose(seen["f"].numpy(), want, rtol=1e-6)
+    # Changing the item table changes the item stream but not the fused stream.
+    table = enc.item_embedding.embeddings
+    table.assign(table + 1.0)
+    enc(h, training=False)
+    np.testing.assert_allclose(seen["f"].numpy(), want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("training", [False, True])

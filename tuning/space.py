@@ -16,7 +16,7 @@ import copy
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from asif_tf.config import FUSIONS, ExperimentConfig
+from asif_tf.config import FUSIONS, PAPER_FUSIONS, ExperimentConfig
 
 Value = Union[int, float, str]
 
@@ -53,7 +53,8 @@ DEFAULT_SPACE: Dict[str, Param] = {p.name: p for p in (
     Param("learning_rate", "train", float, low=1e-4, high=1e-2, log=True),
     Param("lambda_fa", "model", float, low=1e-3, high=1.0, log=True, models=("asif",), needs="fa"),
     Param("num_bases", "model", int, choices=(4, 8, 16, 32), models=("asif",), needs="hie"),
-    Param("fusion", "model", str, choices=FUSIONS, models=("asif",)),
+    # The paper's three by default; --space fusion=... may name any of FUSIONS.
+    Param("fusion", "model", str, choices=PAPER_FUSIONS, models=("asif",)),
 )}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
+from asif_tf.config import FUSIONS
 from asif_tf.layers.initializers import truncated_normal
 
 
@@ -15,12 +16,14 @@ class Fusion(tf.keras.layers.Layer):
     - sum:    E + sum_k A_k
     - concat: Linear([E; A_1; ...; A_m]) to d
     - gate:   sum_s alpha_s x_s over the m + 1 sources, alpha = softmax_s(w^T tanh(W x_s))
+    - attributes: sum_k A_k, the item ID left out (not in the paper: it measures what the
+      item identity carried by the fused stream does)
     """
 
     def __init__(self, mode: str = "sum", hidden_size: int = 64, init_std: float = 0.02, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("sum", "concat", "gate"):
-            raise ValueError(f"fusion must be one of sum, concat, gate; got {mode!r}")
+        if mode not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}; got {mode!r}")
         self.mode, self.hidden_size, self.init_std = mode, hidden_size, init_std
         if mode == "concat":
             self.project = tf.keras.layers.Dense(hidden_size, kernel_initializer=truncated_normal(init_std), name="concat_proj")
@@ -32,6 +35,8 @@ class Fusion(tf.keras.layers.Layer):
     def call(self, item, attributes):
         if self.mode == "sum":
             return item + tf.reduce_sum(attributes, axis=2)
+        if self.mode == "attributes":
+            return tf.reduce_sum(attributes, axis=2)
         sources = tf.concat([item[:, :, tf.newaxis, :], attributes], axis=2)    # [b, n, m+1, d]
         if self.mode == "concat":
             shape = tf.shape(sources)
