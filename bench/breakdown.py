@@ -121,12 +121,19 @@ def paired_bootstrap(reference: np.ndarray, other: np.ndarray, num_resamples: in
             "p_ahead": float((means > 0).mean())}
 
 
+def run_names(run_dirs: Sequence[str]) -> List[str]:
+    """Short names of the runs for the tables: the directory's name, or parent/name where two
+    runs share a name (the same model in two settings, e.g. runs/beauty-cpu{,-seed1}/asif)."""
+    paths = [pathlib.Path(os.path.normpath(d)) for d in run_dirs]
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
 def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best",
               num_resamples: int = 2000) -> dict:
     from asif_tf.data import input as data_input
     runs, lengths, targets, data_dir = {}, None, None, None
-    for run_dir in run_dirs:
-        name = os.path.basename(os.path.normpath(run_dir))
+    for run_dir, name in zip(run_dirs, run_names(run_dirs)):
         print(f"evaluating {name} ({checkpoint} checkpoint) on {split} ...", file=sys.stderr, flush=True)
         lens, tgts, ranks, ddir = ranked_users(run_dir, split, checkpoint)
         if targets is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 from typing import Dict, Optional, Sequence
@@ -30,7 +29,7 @@ if str(REPO) not in sys.path:
 from asif_tf import _env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from breakdown import check_run_dirs, emit  # noqa: E402  (a sibling script, not a package)
+from breakdown import check_run_dirs, emit, run_names  # noqa: E402  (a sibling script, not a package)
 
 
 def _cross_entropy(queries, targets, items):
@@ -101,8 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--checkpoints {args.checkpoints!r}: expected a comma-separated list of best, last")
     check_run_dirs(args.run_dirs)
     result = {}
-    for run_dir in args.run_dirs:
-        name = os.path.basename(os.path.normpath(run_dir))
+    for run_dir, name in zip(args.run_dirs, run_names(args.run_dirs)):
         result[name] = {}
         for w in which:
             print(f"measuring {name} ({w} checkpoint) ...", file=sys.stderr, flush=True)

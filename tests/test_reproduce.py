@@ -168,6 +168,9 @@ def test_breakdown_bins():
     breakdown = load_module("breakdown", REPO / "bench" / "breakdown.py")
     assert breakdown.bin_labels((0, 1, 5), "n") == ["n = 0", "n 1-4", "n >= 5"]
     assert breakdown.assign_bins(np.array([0, 1, 4, 5, 99]), (0, 1, 5)).tolist() == [0, 1, 1, 2, 2]
+    assert breakdown.run_names(["r/cpu/asif", "r/cpu/nova/"]) == ["asif", "nova"]
+    assert breakdown.run_names(["r/cpu/asif", "r/cpu-seed1/asif", "r/cpu/nova"]) == \
+        ["cpu/asif", "cpu-seed1/asif", "nova"]
 
 
 def test_paired_bootstrap_against_closed_forms():
