@@ -33,12 +33,10 @@ from breakdown import check_run_dirs, emit, run_names  # noqa: E402  (a sibling 
 
 
 def _cross_entropy(queries, targets, items):
-    """Summed softmax CE over the catalogue (padding item excluded) of queries float [N, d]
-    with targets int [N] against the item table float [V + 1, d]; returns (sum, N)."""
+    """(sum, N) of the trainer's catalogue cross-entropy of queries float [N, d] with targets int [N]."""
     import tensorflow as tf
-    logits = tf.matmul(queries, items, transpose_b=True)[:, 1:]                      # [N, V]
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(targets - 1, logits)      # [N]
-    return float(tf.reduce_sum(ce)), int(tf.size(targets))
+    from asif_tf.models.retrieval import catalogue_cross_entropy
+    return float(tf.reduce_sum(catalogue_cross_entropy(queries, targets, items))), int(tf.size(targets))
 
 
 def run_fit(run_dir: str, which: str) -> Dict[str, float]:

@@ -20,6 +20,16 @@ def last_position_vectors(sequence: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
     return tf.gather(sequence, tf.maximum(lengths - 1, 0), batch_dims=1)
 
 
+def catalogue_cross_entropy(queries: tf.Tensor, targets: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy over the whole catalogue, one value per query: float [N].
+
+    queries float [N, d], targets int [N] (item ids >= 1), items float [V + 1, d] (row 0 is
+    padding, never a candidate)."""
+    logits = tf.cast(tf.matmul(queries, items, transpose_b=True), tf.float32)      # [N, V + 1]
+    logits += tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)[tf.newaxis]
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+
+
 class SequentialRetrievalModel(tfrs.Model):
     """A tfrs.Model: user (history) tower = the encoder; candidate tower = the item table.
 
@@ -80,19 +90,14 @@ class SequentialRetrievalModel(tfrs.Model):
         targets = tf.boolean_mask(labels, mask)                                   # [N]
         items = tf.cast(self.item_embeddings(), queries.dtype)
         if self.loss_name == "softmax":
-            logits = tf.cast(tf.matmul(queries, items, transpose_b=True), tf.float32)  # [N, V + 1]
-            # The padding item is never a candidate.
-            logits += tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)[tf.newaxis]
-            main = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+            main = tf.reduce_mean(catalogue_cross_entropy(queries, targets, items))
         else:
             main = self.task(queries, tf.gather(items, targets),
                              candidate_sampling_probability=tf.gather(self.item_probabilities, targets),
                              candidate_ids=targets, compute_metrics=False, training=training)
         aux = out["aux_loss"]
         self.aux_loss_tracker.update_state(aux)
-        # Keras sums replica gradients under MirroredStrategy: scale the per-replica mean.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return (main + aux) / tf.cast(replicas, tf.float32)
+        return main + aux
 
     def test_step(self, data):
         vectors = self(data["history"], training=False)
@@ -105,10 +110,11 @@ class SequentialRetrievalModel(tfrs.Model):
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             regularization = tf.add_n(self.losses) if self.losses else tf.zeros([])
-            total = loss + regularization
+            # Keras sums replica gradients under MirroredStrategy: scale the per-replica mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            total = loss / tf.cast(replicas, tf.float32) + regularization
         self.optimizer.minimize(total, self.trainable_variables, tape=tape)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        self.loss_tracker.update_state(loss * tf.cast(replicas, tf.float32))  # undo the replica scaling
+        self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result(), "aux_loss": self.aux_loss_tracker.result()}
 
     @property
