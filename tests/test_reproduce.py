@@ -1,5 +1,6 @@
 """bench/reproduce.py end to end on a tiny S3-Rec-format dataset: real preprocessing, two
 models, results JSON with learning curves, the Table 2 markdown, and resume."""
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -223,3 +224,19 @@ def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys
     assert reproduce.setting_label("paper", "prefix") == "paper-prefix"
     assert reproduce.setting_label("cpu", "sequence", 1) == "cpu-seed1"
     assert reproduce.setting_label("cpu", "prefix", reproduce.DEFAULT_SEED) == "cpu-prefix"
+
+
+def test_cpu256_setting_is_the_paper_model_with_a_cpu_optimiser():
+    """cpu256 claims the paper's architecture and regularisation: every model field equals the
+    paper setting's, and only the optimiser and budget differ."""
+    reproduce = load_reproduce()
+    for dataset in ("beauty", "yelp"):
+        paper = reproduce.setting_config("paper", dataset)
+        cpu256 = reproduce.setting_config("cpu256", dataset)
+        assert dataclasses.asdict(cpu256.model) == dataclasses.asdict(paper.model)
+        assert dataclasses.asdict(cpu256.data) == dataclasses.asdict(paper.data)
+        differing = {k for k, v in dataclasses.asdict(cpu256.train).items()
+                     if v != dataclasses.asdict(paper.train)[k]}
+        assert differing == {"learning_rate", "batch_size", "epochs", "patience"}
+    with pytest.raises(ValueError, match="cpu256"):
+        reproduce.setting_config("gpu", "beauty")
