@@ -105,9 +105,13 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         logs = dict(logs or {})
         value = float(logs.get("val_" + SELECTION_METRIC, -1.0))
         st = self.state
+        elapsed = time.time() - self._t0
         st["epoch"] = epoch + 1
-        st["seconds"] += time.time() - self._t0
-        st["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        st["seconds"] += elapsed
+        # Each epoch's own wall time, so a cost summary can use the median and not count the
+        # epoch a paused or core-sharing process stretched (st["seconds"] counts everything).
+        st["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                              "epoch_seconds": round(elapsed, 3)})
         if value > st["best"]:
             st.update(best=value, best_epoch=epoch + 1, wait=0)
             self.best.save(checkpoint_number=epoch + 1)

@@ -55,6 +55,10 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert run["test"]["ndcg@20"] == pytest.approx(metrics["test"]["ndcg@20"])
         assert [c["epoch"] for c in run["curve"]] == [1, 2] and run["epochs"] == 2
+        # Cost: the median of the epochs' own wall times, which add up to the run's seconds.
+        epoch_seconds = [h["epoch_seconds"] for h in json.loads((run_dir / "state.json").read_text())["history"]]
+        assert sum(epoch_seconds) == pytest.approx(metrics["seconds"], abs=0.01)
+        assert run["seconds_per_epoch"] == pytest.approx(float(np.median(epoch_seconds)), abs=0.01)
         # The curve's value at the best epoch was measured during fit; the summary's valid
         # metric by a fresh evaluation after restoring the best checkpoint.
         best = run["curve"][run["best_epoch"] - 1]
