@@ -471,7 +471,10 @@ def plot_curves(path_json: pathlib.Path) -> Optional[pathlib.Path]:
             if metric != "loss" and run.get("best_epoch") in epochs:
                 i = epochs.index(run["best_epoch"])
                 ax.plot([epochs[i]], [run["curve"][i][metric]], "o", color=line.get_color())
-    for ax, title in zip(axes, ("validation N@20", "validation H@20", "training loss")):
+    # Epochs trained before commit 3757aa5 logged the last batch's loss, later ones the epoch's
+    # mean; a run resumed across that commit shows the step between the two.
+    for ax, title in zip(axes, ("validation N@20", "validation H@20",
+                                "training loss\n(epoch mean; last batch before 3757aa5)")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
