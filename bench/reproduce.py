@@ -20,8 +20,9 @@ Settings (the same budget and early-stopping rule for every model):
   cpu256 the paper's architecture and regularisation (d=256, 4 layers, 8 heads, inner 256,
          dropout 0.5 / 0.3) with an optimiser sized for a CPU: Adam lr 5e-4, batch 256, up to 30
          epochs, patience 5. Meant with --training_samples prefix (~520 steps per Beauty epoch,
-         ~5 min on 2 idle cores with length buckets): the paper's model size within hours
-         where the paper's optimiser (lr 1e-4, batch 2048, 200 epochs) would take a day.
+         ~6 min on 2 cores with length buckets, validation included): the paper's model size
+         within hours where the paper's optimiser (lr 1e-4, batch 2048, 200 epochs) would take
+         a day.
 Model-specific settings (applied in every setting): GRU4Rec uses one GRU layer and embedding
 dropout 0.3 (RecBole's defaults); SASRecF is always concatenation (early fusion).
 Attributes: categories only where the data has a typed split (Beauty), as in the paper's
