@@ -276,22 +276,24 @@ def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
     return metrics
 
 
-def learning_curve(run_dir: pathlib.Path) -> List[dict]:
-    """Per epoch: training loss and validation metrics, from the run's state.json history."""
+def run_history(run_dir: pathlib.Path) -> List[dict]:
+    """The run's per-epoch history from state.json (Keras logs plus epoch_seconds); [] if none."""
     state_path = run_dir / "state.json"
     if not state_path.exists():
         return []
-    history = json.loads(state_path.read_text(encoding="utf-8")).get("history", [])
+    return json.loads(state_path.read_text(encoding="utf-8")).get("history", [])
+
+
+def learning_curve(history: List[dict]) -> List[dict]:
+    """Per epoch: training loss and validation metrics, from a run's history."""
     keep = ("epoch", "loss", "aux_loss", *(f"val_{m}" for m in METRICS))
     return [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in h.items() if k in keep} for h in history]
 
 
-def seconds_per_epoch(metrics: dict, run_dir: pathlib.Path) -> float:
-    """The median of the epochs' wall times from state.json: a run paused for a while, or sharing
+def seconds_per_epoch(metrics: dict, history: List[dict]) -> float:
+    """The median of the epochs' wall times in the history: a run paused for a while, or sharing
     its cores with another for some epochs, keeps its typical epoch cost. Runs trained before
     per-epoch times were recorded (or with some epochs missing them): total seconds / epochs."""
-    state_path = run_dir / "state.json"
-    history = json.loads(state_path.read_text(encoding="utf-8")).get("history", []) if state_path.exists() else []
     times = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
     if history and len(times) == len(history):
         return round(float(statistics.median(times)), 2)
@@ -299,12 +301,13 @@ def seconds_per_epoch(metrics: dict, run_dir: pathlib.Path) -> float:
 
 
 def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
-    return {"curve": learning_curve(run_dir),
+    history = run_history(run_dir)
+    return {"curve": learning_curve(history),
             "test": {k: metrics["test"][k] for k in (*METRICS, "mrr") if k in metrics["test"]},
             "valid": {k: metrics["valid"][k] for k in (*METRICS, "mrr") if k in metrics["valid"]},
             "epochs": metrics["epochs"], "best_epoch": metrics["best_epoch"],
             "stopped_early": metrics["stopped_early"], "train_seconds": metrics["seconds"],
-            "seconds_per_epoch": seconds_per_epoch(metrics, run_dir),
+            "seconds_per_epoch": seconds_per_epoch(metrics, history),
             "run_dir": str(run_dir), "model_config": dataclasses.asdict(cfg.model)}
 
 
