@@ -37,7 +37,8 @@ Outputs under --results_dir (default bench/results/):
                                                                 ffn|refine|hie_causal|hie_padding)
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
-With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix).
+With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix);
+another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall).
 
 Examples:
   python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
@@ -126,13 +127,17 @@ DEFAULT_SEED = 42
 SETTINGS = ("cpu", "cpu256", "paper")     # see the module docstring
 
 
-def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED) -> str:
+def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED,
+                  attributes: str = "paper") -> str:
     """Names the results files, tables and run directories of a setting. Prefix training is a
     different run (and 5-10x the cost), so it gets its own label instead of colliding with the
     one-sequence runs of the same setting: cpu, cpu-prefix, paper, paper-prefix. Another seed
-    repeats a setting to measure run-to-run variation, so it gets its own too: cpu-seed1."""
+    repeats a setting to measure run-to-run variation, so it gets its own too: cpu-seed1. So does
+    another attribute set (Beauty's merged brand + category ids): cpu-prefix-attrall."""
     label = setting if training_samples == "sequence" else f"{setting}-{training_samples}"
-    return label if seed == DEFAULT_SEED else f"{label}-seed{seed}"
+    if seed != DEFAULT_SEED:
+        label = f"{label}-seed{seed}"
+    return label if attributes == "paper" else f"{label}-attr{attributes}"
 
 
 def parse_sweep_values(text: str, kind: type) -> tuple:
@@ -563,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "<setting>-prefix (e.g. beauty-cpu-prefix.json). Default: %(default)s")
     parser.add_argument("--attributes", choices=("paper", "all"), default="paper",
                         help="paper: Beauty uses its categories only (typed split), as the reference setting; "
-                             "all: every attribute id (brand + categories merged). Default: %(default)s")
+                             "all: every attribute id (brand + categories merged; results, tables and runs are labelled "
+                             "<setting>-attrall, e.g. beauty-cpu-prefix-attrall.json). Default: %(default)s")
     parser.add_argument("--ablations", action="store_true",
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
@@ -599,7 +605,7 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     """Writes table-<label>.md (or ablations-<label>.md) from the results files; None for sweeps."""
     if args.sweep:
         return None
-    label = setting_label(args.setting, args.training_samples, args.seed)
+    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist;
     # canonical_order keeps each known name once.
     names = canonical_order(names + [d for d in PAPER_DATASETS
@@ -667,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ValueError as err:
                 parser.error(f"{ds.name} {key}: {err}")
 
-    label = setting_label(args.setting, args.training_samples, args.seed)
+    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
     started = time.time()
     for ds in datasets:
         data_dir = prepare_dataset(ds, results_dir)

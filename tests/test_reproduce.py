@@ -228,6 +228,10 @@ def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys
     assert reproduce.setting_label("paper", "prefix") == "paper-prefix"
     assert reproduce.setting_label("cpu", "sequence", 1) == "cpu-seed1"
     assert reproduce.setting_label("cpu", "prefix", reproduce.DEFAULT_SEED) == "cpu-prefix"
+    # Beauty's merged brand + category ids are another dataset: their runs never share a label
+    # (results file, run directories) with the categories-only ones.
+    assert reproduce.setting_label("cpu", "prefix", reproduce.DEFAULT_SEED, "all") == "cpu-prefix-attrall"
+    assert reproduce.setting_label("cpu", "sequence", 1, "all") == "cpu-seed1-attrall"
 
 
 def test_cpu256_setting_is_the_paper_model_with_a_cpu_optimiser():
