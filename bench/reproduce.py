@@ -38,7 +38,9 @@ Outputs under --results_dir (default bench/results/):
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
 With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix);
-another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall).
+another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall), and
+--lambda_fa X adds -faX to the results files and tables (ablations-cpu-prefix-fa1.md; run
+directories stay under the setting's label, named asif-lambda_fa=X).
 
 Examples:
   python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
@@ -138,6 +140,24 @@ def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED,
     if seed != DEFAULT_SEED:
         label = f"{label}-seed{seed}"
     return label if attributes == "paper" else f"{label}-attr{attributes}"
+
+
+def results_label(args: argparse.Namespace) -> str:
+    """The label of an invocation's results files and tables: the setting's label, plus -fa<X> when
+    --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1). Run directories keep the setting's
+    label: they are named by what differs from the setting (asif-lambda_fa=1.0), so a run shared with
+    a --sweep lambda point is trained once."""
+    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
+    return label if args.lambda_fa is None else f"{label}-fa{args.lambda_fa:g}"
+
+
+def with_lambda_fa(plan: List[Tuple[str, str, dict]], lambda_fa: Optional[float]) -> List[Tuple[str, str, dict]]:
+    """``plan`` with ASIF's FA weight set to ``lambda_fa`` in every ASIF run that has the FA loss on
+    (not in w/o FA, where the weight is unused and the run is the same whatever it would be)."""
+    if lambda_fa is None:
+        return plan
+    return [(key, model, overrides if model != "asif" or overrides.get("fa") is False
+             else {**overrides, "lambda_fa": lambda_fa}) for key, model, overrides in plan]
 
 
 def parse_sweep_values(text: str, kind: type) -> tuple:
@@ -572,6 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "<setting>-attrall, e.g. beauty-cpu-prefix-attrall.json). Default: %(default)s")
     parser.add_argument("--ablations", action="store_true",
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
+    parser.add_argument("--variants", default=None,
+                        help="With --ablations: comma-separated subset of its variants to run (of "
+                             + ", ".join(ABLATIONS) + "), e.g. to split Table 4 over two machines or "
+                             "processes. Default: all.")
+    parser.add_argument("--lambda_fa", type=float, default=None,
+                        help="ASIF's FA weight (lambda) in every ASIF run of this invocation (models, ablations, "
+                             "sweeps other than lambda) instead of the setting's (0.01 Beauty, 0.1 Yelp). Results "
+                             "and tables are labelled <label>-fa<X> (e.g. ablations-cpu-prefix-fa1.md); run "
+                             "directories are named by the override (asif-lambda_fa=1.0), so the run of a "
+                             "--sweep lambda point is reused.")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
                         help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
                              "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
@@ -605,7 +635,7 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     """Writes table-<label>.md (or ablations-<label>.md) from the results files; None for sweeps."""
     if args.sweep:
         return None
-    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
+    label = results_label(args)
     # Tables also show the other paper dataset when its results (from an earlier invocation) exist;
     # canonical_order keeps each known name once.
     names = canonical_order(names + [d for d in PAPER_DATASETS
@@ -645,8 +675,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _ignore_in_git(results_dir / "runs")
 
     # What to run: (result key, model, ModelConfig overrides).
+    if args.variants is not None and not args.ablations:
+        parser.error("--variants selects ablation variants; give it with --ablations")
+    if args.lambda_fa is not None and args.lambda_fa < 0:
+        parser.error(f"--lambda_fa must be >= 0, got {args.lambda_fa}")
+    if args.lambda_fa is not None and args.sweep == "lambda":
+        parser.error("--sweep lambda sweeps the FA weight itself; leave out --lambda_fa")
     if args.ablations:
-        plan = [(name, "asif", overrides) for name, overrides in ABLATIONS.items()]
+        variants = list(ABLATIONS)
+        if args.variants is not None:
+            variants = [v for v in (s.strip() for s in args.variants.split(",")) if v]
+            unknown = sorted(set(variants) - set(ABLATIONS))
+            if unknown or not variants:
+                parser.error(f"--variants: unknown {unknown}; expected some of {', '.join(ABLATIONS)}")
+        plan = [(name, "asif", ABLATIONS[name]) for name in variants]
         suffix = "-ablations"
     elif args.sweep:
         field, values = SWEEPS[args.sweep]
@@ -662,6 +704,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         plan = [(m, m, {}) for m in models]
         suffix = ""
+    plan = with_lambda_fa(plan, args.lambda_fa)
 
     # Every run's config is validated (asif_tf.config) before any preprocessing or training, so a
     # combination the trainer refuses (e.g. the per-sequence HIE of --sweep hie_causal under
@@ -674,13 +717,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 parser.error(f"{ds.name} {key}: {err}")
 
     label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
+    out_label = results_label(args)
     started = time.time()
     for ds in datasets:
         data_dir = prepare_dataset(ds, results_dir)
         base = shared_config(args, ds.name)
         base.data.data_dir = data_dir
-        results = ResultFile(results_dir / f"{ds.name}-{label}{suffix}.json",
-                             header(ds, label, data_dir, base))
+        results = ResultFile(results_dir / f"{ds.name}-{out_label}{suffix}.json",
+                             header(ds, out_label, data_dir, base))
         for key, model, overrides in plan:
             cfg = model_config(base, model, overrides)
             # A run directory is named by what differs from the model's default, so equal configs share
@@ -699,7 +743,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results.add(key, summary)
             # The table is rewritten after every run, so a stopped invocation leaves it up to date.
             write_table(results_dir, args, [d.name for d in datasets], models, suffix)
-            _LOG.info("[%s %s] %s: test %s", ds.name, label, key,
+            _LOG.info("[%s %s] %s: test %s", ds.name, out_label, key,
                       "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
         if args.sweep:
             results.set_fields(points=[dict(results.data["runs"][k], key=k) for k, _, _ in plan],

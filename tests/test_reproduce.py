@@ -248,3 +248,33 @@ def test_cpu256_setting_is_the_paper_model_with_a_cpu_optimiser():
         assert differing == {"learning_rate", "batch_size", "epochs", "patience"}
     with pytest.raises(ValueError, match="cpu256"):
         reproduce.setting_config("gpu", "beauty")
+
+
+def test_lambda_fa_override_reuses_sweep_runs_and_labels_its_results(capsys):
+    """--lambda_fa sets the FA weight of every ASIF run that uses it, names the run directories as
+    the --sweep lambda points are named (so they are trained once), and keeps the results files and
+    tables apart from the setting's own."""
+    reproduce = load_reproduce()
+    plan = [(name, "asif", overrides) for name, overrides in reproduce.ABLATIONS.items()]
+    plan += [("nova", "nova", {})]
+    weighted = dict((key, overrides) for key, _, overrides in reproduce.with_lambda_fa(plan, 1.0))
+    assert weighted["asif"] == {"lambda_fa": 1.0}
+    assert weighted["asif-no_hie"] == {"hie": False, "lambda_fa": 1.0}
+    assert weighted["asif-no_fa"] == {"fa": False}           # unused weight: the setting's w/o FA run
+    assert weighted["nova"] == {}
+    assert reproduce.with_lambda_fa(plan, None) == plan
+    # The ablation's full-ASIF run is the sweep's lambda_fa=1.0 point: one directory name.
+    assert reproduce.variant_name("asif", weighted["asif"]) == reproduce.variant_name("asif", {"lambda_fa": 1.0})
+    parser = reproduce.build_parser()
+    args = parser.parse_args(["--training_samples", "prefix", "--ablations", "--lambda_fa", "1.0"])
+    assert reproduce.results_label(args) == "cpu-prefix-fa1"
+    args = parser.parse_args(["--training_samples", "prefix"])
+    assert reproduce.results_label(args) == "cpu-prefix"
+    for argv, message in ((["--sweep", "lambda", "--lambda_fa", "1"], "leave out --lambda_fa"),
+                          (["--lambda_fa", "-1"], "--lambda_fa must be >= 0"),
+                          (["--variants", "asif-no_hie"], "give it with --ablations"),
+                          (["--ablations", "--variants", "asif-no_hie,bogus"], "unknown ['bogus']")):
+        with pytest.raises(SystemExit) as err:
+            reproduce.main(argv)
+        assert err.value.code == 2
+        assert message in capsys.readouterr().err
