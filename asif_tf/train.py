@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
@@ -76,14 +76,21 @@ class _Run:
         os.replace(tmp, path)   # atomic: a kill never leaves half a file
 
 
-def _check_resume_config(run: _Run, cfg: ExperimentConfig) -> None:
-    with open(run.config, encoding="utf-8") as f:
-        saved = json.load(f)
+def config_differences(saved: dict, cfg: ExperimentConfig) -> List[str]:
+    """'section.field: old -> new' for each field where ``cfg`` differs from a run's saved config.json,
+    leaving out RESUMABLE_FIELDS and fields the saved config predates (a field is added with a
+    default that keeps the earlier behaviour)."""
     new = cfg.to_dict()
-    diffs = [f"{s}.{k}: {saved[s].get(k)!r} -> {v!r}" for s in new for k, v in new[s].items()
-             if (s, k) not in RESUMABLE_FIELDS and saved.get(s, {}).get(k) != v]
+    return [f"{s}.{k}: {saved[s][k]!r} -> {v!r}" for s in new for k, v in new[s].items()
+            if (s, k) not in RESUMABLE_FIELDS and k in saved.get(s, {}) and saved[s][k] != v]
+
+
+def check_run_config(run_dir: str, cfg: ExperimentConfig) -> None:
+    """Refuses (SystemExit) to resume or reuse the run in ``run_dir`` under a different config."""
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        diffs = config_differences(json.load(f), cfg)
     if diffs:
-        raise SystemExit(f"error: --run_dir {run.dir} holds a run with a different config ({'; '.join(diffs)}). "
+        raise SystemExit(f"error: --run_dir {run_dir} holds a run with a different config ({'; '.join(diffs)}). "
                          "Use another --run_dir, or the same flags to resume it.")
 
 
@@ -148,7 +155,7 @@ def run(cfg: ExperimentConfig) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     resuming = os.path.exists(run.config)
     if resuming:
-        _check_resume_config(run, cfg)
+        check_run_config(run_dir, cfg)
     run.write_json(run.config, cfg.to_dict())
     state = run.read_state()
 

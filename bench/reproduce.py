@@ -282,13 +282,16 @@ def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
     import tensorflow as tf
     from asif_tf import train
     metrics_path, state_path = run_dir / "metrics.json", run_dir / "state.json"
+    cfg.train.run_dir = str(run_dir)
     if metrics_path.exists() and state_path.exists():
+        # A finished run is only reused for the config it was trained with (e.g. not after a
+        # setting's default changed under the same run directory name).
+        train.check_run_config(str(run_dir), cfg)
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if train.run_finished(state, cfg.train):
             _LOG.info("%s: finished earlier (%d epochs), reusing %s", run_dir.name, state.get("epoch", 0),
                       metrics_path)
             return json.loads(metrics_path.read_text(encoding="utf-8"))
-    cfg.train.run_dir = str(run_dir)
     tf.keras.backend.clear_session()
     started = time.time()
     _LOG.info("%s: training %s (d=%d, L=%d, h=%d, lr=%g, batch %d, <= %d epochs, patience %d)", run_dir.name,

@@ -278,3 +278,22 @@ def test_lambda_fa_override_reuses_sweep_runs_and_labels_its_results(capsys):
             reproduce.main(argv)
         assert err.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_finished_run_is_not_reused_under_another_config(tmp_path):
+    """reproduce.py reuses a finished run directory by name; under a config it was not trained with
+    (e.g. a setting whose default changed) it refuses instead of reporting the old run's metrics."""
+    reproduce = load_reproduce()
+    from asif_tf.config import ExperimentConfig
+    run_dir = tmp_path / "asif"
+    run_dir.mkdir()
+    trained = ExperimentConfig()
+    trained.train.run_dir = str(run_dir)
+    (run_dir / "config.json").write_text(trained.to_json())
+    (run_dir / "state.json").write_text(json.dumps({"epoch": 30, "stopped_early": False, "wait": 0}))
+    (run_dir / "metrics.json").write_text(json.dumps({"test": {"ndcg@20": 0.5}}))
+    assert reproduce.run_one(ExperimentConfig(), run_dir) == {"test": {"ndcg@20": 0.5}}
+    changed = ExperimentConfig()
+    changed.model.lambda_fa = 1.0
+    with pytest.raises(SystemExit, match=r"different config \(model.lambda_fa: 0.01 -> 1.0\)"):
+        reproduce.run_one(changed, run_dir)

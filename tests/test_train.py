@@ -100,6 +100,18 @@ def test_resume_refuses_a_different_config(builtin_dir, tmp_path):
         train.run(cfg)
 
 
+def test_config_differences_ignore_resumable_and_newer_fields():
+    """A run is resumed or reused only under its own config: a changed model field is a difference,
+    a resumable field (epochs, patience) is not, and neither is a field the saved config predates."""
+    cfg = ExperimentConfig()
+    saved = cfg.to_dict()
+    assert train.config_differences(saved, cfg) == []
+    saved["model"]["lambda_fa"] = 1.0
+    saved["train"]["epochs"] = 7
+    del saved["model"]["attribute_dropout"]
+    assert train.config_differences(saved, cfg) == ["model.lambda_fa: 1.0 -> 0.01"]
+
+
 def test_killed_run_resumes_from_last_checkpoint(builtin_dir, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "asif_tf.train", "--data", builtin_dir, "--run_dir", str(run_dir),
