@@ -78,11 +78,13 @@ class _Run:
 
 def config_differences(saved: dict, cfg: ExperimentConfig) -> List[str]:
     """'section.field: old -> new' for each field where ``cfg`` differs from a run's saved config.json,
-    leaving out RESUMABLE_FIELDS and fields the saved config predates (a field is added with a
-    default that keeps the earlier behaviour)."""
+    leaving out RESUMABLE_FIELDS, the run directory itself (a moved or copied run is the same run)
+    and fields the saved config predates (a field is added with a default that keeps the earlier
+    behaviour)."""
     new = cfg.to_dict()
+    ignored = RESUMABLE_FIELDS | {("train", "run_dir")}
     return [f"{s}.{k}: {saved[s][k]!r} -> {v!r}" for s in new for k, v in new[s].items()
-            if (s, k) not in RESUMABLE_FIELDS and k in saved.get(s, {}) and saved[s][k] != v]
+            if (s, k) not in ignored and k in saved.get(s, {}) and saved[s][k] != v]
 
 
 def check_run_config(run_dir: str, cfg: ExperimentConfig) -> None:

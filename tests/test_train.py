@@ -108,6 +108,7 @@ def test_config_differences_ignore_resumable_and_newer_fields():
     assert train.config_differences(saved, cfg) == []
     saved["model"]["lambda_fa"] = 1.0
     saved["train"]["epochs"] = 7
+    saved["train"]["run_dir"] = "/elsewhere/run"         # moved: the same run
     del saved["model"]["attribute_dropout"]
     assert train.config_differences(saved, cfg) == ["model.lambda_fa: 1.0 -> 0.01"]
 
