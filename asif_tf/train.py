@@ -89,7 +89,7 @@ def config_differences(saved: dict, cfg: ExperimentConfig) -> List[str]:
 
 def check_run_config(run_dir: str, cfg: ExperimentConfig) -> None:
     """Refuses (SystemExit) to resume or reuse the run in ``run_dir`` under a different config."""
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+    with open(_Run(run_dir).config, encoding="utf-8") as f:
         diffs = config_differences(json.load(f), cfg)
     if diffs:
         raise SystemExit(f"error: --run_dir {run_dir} holds a run with a different config ({'; '.join(diffs)}). "

@@ -284,11 +284,12 @@ def run_one(cfg: ExperimentConfig, run_dir: pathlib.Path) -> dict:
     metrics_path, state_path = run_dir / "metrics.json", run_dir / "state.json"
     cfg.train.run_dir = str(run_dir)
     if metrics_path.exists() and state_path.exists():
-        # A finished run is only reused for the config it was trained with (e.g. not after a
-        # setting's default changed under the same run directory name).
-        train.check_run_config(str(run_dir), cfg)
         state = json.loads(state_path.read_text(encoding="utf-8"))
         if train.run_finished(state, cfg.train):
+            # A finished run is only reused for the config it was trained with (e.g. not after a
+            # setting's default changed under the same run directory name); train.run checks a
+            # run it resumes itself.
+            train.check_run_config(str(run_dir), cfg)
             _LOG.info("%s: finished earlier (%d epochs), reusing %s", run_dir.name, state.get("epoch", 0),
                       metrics_path)
             return json.loads(metrics_path.read_text(encoding="utf-8"))
@@ -656,18 +657,33 @@ def write_table(results_dir: pathlib.Path, args: argparse.Namespace, names: List
     return table_path
 
 
+def parse_names(parser: argparse.ArgumentParser, flag: str, text: str, known: Sequence[str]) -> List[str]:
+    """'a, b,c' -> ['a', 'b', 'c'], every name one of ``known`` (else a usage error naming ``flag``)."""
+    names = [n for n in (s.strip() for s in text.split(",")) if n]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        parser.error(f"{flag}: unknown {unknown}; expected some of {', '.join(known)}")
+    return names
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     for noisy in ("apache_beam", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    models = [m for m in (s.strip() for s in args.models.split(",")) if m]
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        parser.error(f"--models: unknown {unknown}; expected some of {', '.join(MODELS)}")
+    models = parse_names(parser, "--models", args.models, MODELS)
     if args.ablations and args.sweep:
         parser.error("--ablations and --sweep are separate runs; give one of them")
+    if args.variants is not None and not args.ablations:
+        parser.error("--variants selects ablation variants; give it with --ablations")
+    variants = list(ABLATIONS) if args.variants is None else parse_names(parser, "--variants", args.variants, ABLATIONS)
+    if not variants:
+        parser.error("--variants is empty; expected some of " + ", ".join(ABLATIONS))
+    if args.lambda_fa is not None and args.lambda_fa < 0:
+        parser.error(f"--lambda_fa must be >= 0, got {args.lambda_fa}")
+    if args.lambda_fa is not None and args.sweep == "lambda":
+        parser.error("--sweep lambda sweeps the FA weight itself; leave out --lambda_fa")
     for name in ("max_epochs", "patience", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -678,19 +694,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _ignore_in_git(results_dir / "runs")
 
     # What to run: (result key, model, ModelConfig overrides).
-    if args.variants is not None and not args.ablations:
-        parser.error("--variants selects ablation variants; give it with --ablations")
-    if args.lambda_fa is not None and args.lambda_fa < 0:
-        parser.error(f"--lambda_fa must be >= 0, got {args.lambda_fa}")
-    if args.lambda_fa is not None and args.sweep == "lambda":
-        parser.error("--sweep lambda sweeps the FA weight itself; leave out --lambda_fa")
     if args.ablations:
-        variants = list(ABLATIONS)
-        if args.variants is not None:
-            variants = [v for v in (s.strip() for s in args.variants.split(",")) if v]
-            unknown = sorted(set(variants) - set(ABLATIONS))
-            if unknown or not variants:
-                parser.error(f"--variants: unknown {unknown}; expected some of {', '.join(ABLATIONS)}")
         plan = [(name, "asif", ABLATIONS[name]) for name in variants]
         suffix = "-ablations"
     elif args.sweep:
