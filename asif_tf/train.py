@@ -24,8 +24,10 @@ from asif_tf.data import input as data_input
 from asif_tf.data.builtin import ensure_builtin_dataset
 from asif_tf.models import registry
 
-# Fields that may change when a run is resumed; everything else must match the saved config.
-RESUMABLE_FIELDS = {("train", "epochs"), ("train", "verbose"), ("train", "export_dir"), ("train", "patience")}
+# Fields that may change when a run is resumed or reused; everything else must match the saved config.
+# The run directory is one: a moved or copied run is the same run.
+RESUMABLE_FIELDS = {("train", "epochs"), ("train", "verbose"), ("train", "export_dir"), ("train", "patience"),
+                    ("train", "run_dir")}
 SELECTION_METRIC = "ndcg@20"
 
 
@@ -78,13 +80,11 @@ class _Run:
 
 def config_differences(saved: dict, cfg: ExperimentConfig) -> List[str]:
     """'section.field: old -> new' for each field where ``cfg`` differs from a run's saved config.json,
-    leaving out RESUMABLE_FIELDS, the run directory itself (a moved or copied run is the same run)
-    and fields the saved config predates (a field is added with a default that keeps the earlier
-    behaviour)."""
+    leaving out RESUMABLE_FIELDS (the run directory among them) and fields the saved config predates
+    (a field is added with a default that keeps the earlier behaviour)."""
     new = cfg.to_dict()
-    ignored = RESUMABLE_FIELDS | {("train", "run_dir")}
     return [f"{s}.{k}: {saved[s][k]!r} -> {v!r}" for s in new for k, v in new[s].items()
-            if (s, k) not in ignored and k in saved.get(s, {}) and saved[s][k] != v]
+            if (s, k) not in RESUMABLE_FIELDS and k in saved.get(s, {}) and saved[s][k] != v]
 
 
 def check_run_config(run_dir: str, cfg: ExperimentConfig) -> None:
