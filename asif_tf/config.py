@@ -109,7 +109,8 @@ class TrainConfig:
                                                "position; prefix: every prefix predicts its next item.",
                                    choices=("sequence", "prefix"))
     bucket_by_length: bool = _field(True, "Group sequences of similar length into batches so short "
-                                          "histories do not pay for max_seq_len positions.")
+                                          "histories do not pay for max_seq_len positions (off: every "
+                                          "batch is padded to max_seq_len, as in the research code).")
     patience: int = _field(5, "Early stopping: epochs without a better validation NDCG@20.")
     eval_chunk_size: int = _field(65536, "Items scored at once by full-ranking evaluation.")
     seed: int = _field(42, "Random seed (weights, shuffling, dropout).")

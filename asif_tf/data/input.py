@@ -2,8 +2,10 @@
 
 Training yields {"history": int [b, n], "labels": int [b, n]} (see
 ``SequentialRetrievalModel``); evaluation yields {"history": int [b, n], "target": int [b]}.
-Histories are right-padded with 0; ``n`` is the longest history in the batch (at most
-``max_seq_len``), and with ``bucket_by_length`` batches group similar lengths.
+Histories are right-padded with 0. With ``bucket_by_length`` batches group similar lengths and
+``n`` is the longest history in the batch (at most ``max_seq_len``); without it every batch is
+padded to ``n = max_seq_len``, as in the research code (RecBole), so a layer that is not causal
+(the per-sequence HIE basis of ``hie_causal=False``) sees the same positions as there.
 """
 from __future__ import annotations
 
@@ -105,7 +107,10 @@ def _parse(split: str, data_dir: str) -> tf.data.Dataset:
 
 def _batch(ds: tf.data.Dataset, batch_size: int, max_seq_len: int, bucket: bool) -> tf.data.Dataset:
     if not bucket:
-        return ds.padded_batch(batch_size)
+        # Sequences are [<= max_seq_len], scalars (the eval target) stay scalars.
+        shapes = tf.nest.map_structure(lambda spec: [max_seq_len] if spec.shape.rank == 1 else [],
+                                       ds.element_spec)
+        return ds.padded_batch(batch_size, padded_shapes=shapes)
     boundaries = [b + 1 for b in DEFAULT_BUCKETS if b < max_seq_len]
     return ds.bucket_by_sequence_length(
         lambda x: tf.shape(x["history"])[0], boundaries, [batch_size] * (len(boundaries) + 1))
