@@ -38,7 +38,8 @@ Outputs under --results_dir (default bench/results/):
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
 With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix);
-another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall), and
+another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall),
+--no-bucket_by_length adds -nobucket (cpu-prefix-nobucket), and
 --lambda_fa X adds -faX to the results files and tables (ablations-cpu-prefix-fa1.md; run
 directories stay under the setting's label, named asif-lambda_fa=X).
 
@@ -50,6 +51,8 @@ Examples:
   python bench/reproduce.py --ablations --datasets beauty
   python bench/reproduce.py --sweep lambda --datasets beauty
   python bench/reproduce.py --sweep hie_causal --training_samples prefix --datasets beauty --patience 5
+  python bench/reproduce.py --sweep hie_causal --sweep_values false --training_samples prefix \
+      --no-bucket_by_length --lambda_fa 1.0 --datasets beauty --max_epochs 30 --patience 5   # research code's HIE
   python bench/reproduce.py --datasets mini=/path/to/s3rec_dir --models sasrec   # any s3rec directory
 """
 from __future__ import annotations
@@ -130,16 +133,20 @@ SETTINGS = ("cpu", "cpu256", "paper")     # see the module docstring
 
 
 def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED,
-                  attributes: str = "paper") -> str:
+                  attributes: str = "paper", bucket_by_length: bool = True) -> str:
     """Names the results files, tables and run directories of a setting. Prefix training is a
     different run (and 5-10x the cost), so it gets its own label instead of colliding with the
     one-sequence runs of the same setting: cpu, cpu-prefix, paper, paper-prefix. Another seed
     repeats a setting to measure run-to-run variation, so it gets its own too: cpu-seed1. So does
-    another attribute set (Beauty's merged brand + category ids): cpu-prefix-attrall."""
+    another attribute set (Beauty's merged brand + category ids): cpu-prefix-attrall. And batches
+    padded to the full length instead of length buckets (other batches, and what the research code's
+    per-sequence HIE basis sees): cpu-prefix-nobucket."""
     label = setting if training_samples == "sequence" else f"{setting}-{training_samples}"
     if seed != DEFAULT_SEED:
         label = f"{label}-seed{seed}"
-    return label if attributes == "paper" else f"{label}-attr{attributes}"
+    if attributes != "paper":
+        label = f"{label}-attr{attributes}"
+    return label if bucket_by_length else f"{label}-nobucket"
 
 
 def results_label(args: argparse.Namespace) -> str:
@@ -147,7 +154,8 @@ def results_label(args: argparse.Namespace) -> str:
     --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1). Run directories keep the setting's
     label: they are named by what differs from the setting (asif-lambda_fa=1.0), so a run shared with
     a --sweep lambda point is trained once."""
-    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
+    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes,
+                          args.bucket_by_length)
     return label if args.lambda_fa is None else f"{label}-fa{args.lambda_fa:g}"
 
 
@@ -220,6 +228,7 @@ def shared_config(args: argparse.Namespace, dataset: str) -> ExperimentConfig:
     cfg = setting_config(args.setting, dataset)
     t = cfg.train
     t.training_samples, t.seed, t.verbose = args.training_samples, args.seed, args.verbose
+    t.bucket_by_length = args.bucket_by_length
     if args.max_epochs is not None:
         t.epochs = args.max_epochs
     if args.patience is not None:
@@ -594,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="paper: Beauty uses its categories only (typed split), as the reference setting; "
                              "all: every attribute id (brand + categories merged; results, tables and runs are labelled "
                              "<setting>-attrall, e.g. beauty-cpu-prefix-attrall.json). Default: %(default)s")
+    parser.add_argument("--bucket_by_length", action=argparse.BooleanOptionalAction, default=True,
+                        help="Batch sequences of similar length together (5-10x faster on CPU for Beauty's short "
+                             "prefixes). --no-bucket_by_length pads every batch to the full length, as the research "
+                             "code does; with --sweep hie_causal / hie_padding that is the research code's exact "
+                             "HIE, whose basis spans the padded positions too. Results, tables and runs are "
+                             "labelled <setting>-nobucket (e.g. cpu-prefix-nobucket). Default: on.")
     parser.add_argument("--ablations", action="store_true",
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
     parser.add_argument("--variants", default=None,
@@ -723,7 +738,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ValueError as err:
                 parser.error(f"{ds.name} {key}: {err}")
 
-    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes)
+    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes,
+                          args.bucket_by_length)
     out_label = results_label(args)
     started = time.time()
     for ds in datasets:

@@ -234,6 +234,29 @@ def test_hie_sweeps_need_prefix_training_and_get_their_own_runs(tmp_path, capsys
     assert reproduce.setting_label("cpu", "sequence", 1, "all") == "cpu-seed1-attrall"
 
 
+def test_unbucketed_runs_pad_to_the_full_length_under_their_own_label(tmp_path):
+    """--no-bucket_by_length (the research code's batches, and with the per-sequence HIE its exact
+    basis) reaches the trainer's config and never shares results or run directories with the
+    bucketed runs of the same setting."""
+    reproduce = load_reproduce()
+    assert reproduce.setting_label("cpu", "prefix", reproduce.DEFAULT_SEED, "paper", False) == "cpu-prefix-nobucket"
+    assert reproduce.setting_label("cpu", "sequence", 1, "all", False) == "cpu-seed1-attrall-nobucket"
+    data = tmp_path / "mini"
+    write_s3rec(data, users=40)
+    results = tmp_path / "results"
+    argv = ["--datasets", f"mini={data}", "--sweep", "hie_causal", "--sweep_values", "false", "--max_epochs", "1",
+            "--training_samples", "prefix", "--lambda_fa", "1.0", "--no-bucket_by_length",
+            "--results_dir", str(results), "--verbose", "0"]
+    assert reproduce.main(argv) == 0
+    saved = json.loads((results / "mini-cpu-prefix-nobucket-fa1-sweep-hie_causal.json").read_text())
+    run_dir = pathlib.Path(saved["points"][0]["run_dir"])
+    assert run_dir.parent == results / "runs" / "mini-cpu-prefix-nobucket"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["bucket_by_length"] is False
+    assert config["model"]["hie_causal"] is False and config["model"]["lambda_fa"] == 1.0
+    assert reproduce.build_parser().parse_args([]).bucket_by_length is True
+
+
 def test_cpu256_setting_is_the_paper_model_with_a_cpu_optimiser():
     """cpu256 claims the paper's architecture and regularisation: every model field equals the
     paper setting's, and only the optimiser and budget differ."""
