@@ -51,7 +51,7 @@ Examples:
   python bench/reproduce.py --ablations --datasets beauty
   python bench/reproduce.py --sweep lambda --datasets beauty
   python bench/reproduce.py --sweep hie_causal --training_samples prefix --datasets beauty --patience 5
-  python bench/reproduce.py --sweep hie_causal --sweep_values false --training_samples prefix \
+  python bench/reproduce.py --sweep hie_padding --sweep_values false --training_samples prefix \
       --no-bucket_by_length --lambda_fa 1.0 --datasets beauty --max_epochs 30 --patience 5   # research code's HIE
   python bench/reproduce.py --datasets mini=/path/to/s3rec_dir --models sasrec   # any s3rec directory
 """
@@ -606,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bucket_by_length", action=argparse.BooleanOptionalAction, default=True,
                         help="Batch sequences of similar length together (5-10x faster on CPU for Beauty's short "
                              "prefixes). --no-bucket_by_length pads every batch to the full length, as the research "
-                             "code does; with --sweep hie_causal / hie_padding that is the research code's exact "
-                             "HIE, whose basis spans the padded positions too. Results, tables and runs are "
+                             "code does; with --sweep hie_padding --sweep_values false that is the research code's "
+                             "exact HIE: one basis per sequence, spanning all max_seq_len positions, padding included. Results, tables and runs are "
                              "labelled <setting>-nobucket (e.g. cpu-prefix-nobucket). Default: on.")
     parser.add_argument("--ablations", action="store_true",
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")

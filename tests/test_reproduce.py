@@ -244,16 +244,17 @@ def test_unbucketed_runs_pad_to_the_full_length_under_their_own_label(tmp_path):
     data = tmp_path / "mini"
     write_s3rec(data, users=40)
     results = tmp_path / "results"
-    argv = ["--datasets", f"mini={data}", "--sweep", "hie_causal", "--sweep_values", "false", "--max_epochs", "1",
+    argv = ["--datasets", f"mini={data}", "--sweep", "hie_padding", "--sweep_values", "false", "--max_epochs", "1",
             "--training_samples", "prefix", "--lambda_fa", "1.0", "--no-bucket_by_length",
             "--results_dir", str(results), "--verbose", "0"]
     assert reproduce.main(argv) == 0
-    saved = json.loads((results / "mini-cpu-prefix-nobucket-fa1-sweep-hie_causal.json").read_text())
+    saved = json.loads((results / "mini-cpu-prefix-nobucket-fa1-sweep-hie_padding.json").read_text())
     run_dir = pathlib.Path(saved["points"][0]["run_dir"])
     assert run_dir.parent == results / "runs" / "mini-cpu-prefix-nobucket"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["bucket_by_length"] is False
-    assert config["model"]["hie_causal"] is False and config["model"]["lambda_fa"] == 1.0
+    assert config["model"]["hie_causal"] is False and config["model"]["hie_mask_padding"] is False
+    assert config["model"]["lambda_fa"] == 1.0
     assert reproduce.build_parser().parse_args([]).bucket_by_length is True
 
 
