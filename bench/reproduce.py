@@ -149,13 +149,17 @@ def setting_label(setting: str, training_samples: str, seed: int = DEFAULT_SEED,
     return label if bucket_by_length else f"{label}-nobucket"
 
 
+def run_label(args: argparse.Namespace) -> str:
+    """The setting's label (``setting_label``) of an invocation's flags: it names the run directories."""
+    return setting_label(args.setting, args.training_samples, args.seed, args.attributes, args.bucket_by_length)
+
+
 def results_label(args: argparse.Namespace) -> str:
     """The label of an invocation's results files and tables: the setting's label, plus -fa<X> when
     --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1). Run directories keep the setting's
     label: they are named by what differs from the setting (asif-lambda_fa=1.0), so a run shared with
     a --sweep lambda point is trained once."""
-    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes,
-                          args.bucket_by_length)
+    label = run_label(args)
     return label if args.lambda_fa is None else f"{label}-fa{args.lambda_fa:g}"
 
 
@@ -607,8 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Batch sequences of similar length together (5-10x faster on CPU for Beauty's short "
                              "prefixes). --no-bucket_by_length pads every batch to the full length, as the research "
                              "code does; with --sweep hie_padding --sweep_values false that is the research code's "
-                             "exact HIE: one basis per sequence, spanning all max_seq_len positions, padding included. Results, tables and runs are "
-                             "labelled <setting>-nobucket (e.g. cpu-prefix-nobucket). Default: on.")
+                             "exact HIE: one basis per sequence, spanning all max_seq_len positions, padding "
+                             "included. Results, tables and runs are labelled <setting>-nobucket (e.g. "
+                             "cpu-prefix-nobucket). Default: on.")
     parser.add_argument("--ablations", action="store_true",
                         help="Run ASIF and its w/o RSA / HIE / UP / FA variants instead of --models (Table 4).")
     parser.add_argument("--variants", default=None,
@@ -738,8 +743,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except ValueError as err:
                 parser.error(f"{ds.name} {key}: {err}")
 
-    label = setting_label(args.setting, args.training_samples, args.seed, args.attributes,
-                          args.bucket_by_length)
+    label = run_label(args)
     out_label = results_label(args)
     started = time.time()
     for ds in datasets:
