@@ -21,6 +21,17 @@ the means (other - first) with a 95% paired bootstrap interval over users
 (``--bootstrap`` resamples) and the share of resamples in which the other run is ahead.
 It measures how much a difference could come from which users happen to be in the test
 set; it does not measure run-to-run (seed) variation, which adds to it.
+
+Several seeds of one model are given as one comma-joined argument:
+
+    python bench/breakdown.py runs/beauty-cpu-prefix/asif,runs/beauty-cpu-prefix-seed1/asif \
+        runs/beauty-cpu-prefix/nova,runs/beauty-cpu-prefix-seed1/nova
+
+Such a model's per-user metrics are the mean over its runs (so its "all users" row is the
+mean of the runs' metrics.json), the paired interval is over users of the seed-averaged
+difference, and the paired table also lists the difference seed by seed (the i-th run of
+each model against the i-th run of the first, when both have as many runs): how far the
+single-run differences spread is the seed variation that the interval leaves out.
 """
 from __future__ import annotations
 
@@ -121,6 +132,16 @@ def paired_bootstrap(reference: np.ndarray, other: np.ndarray, num_resamples: in
             "p_ahead": float((means > 0).mean())}
 
 
+def parse_run_groups(entries: Sequence[str]) -> List[List[str]]:
+    """One list of run directories per model: each entry is one run directory, or several runs of
+    one model (other seeds) joined by commas."""
+    groups = [[part for part in entry.split(",") if part.strip()] for entry in entries]
+    for entry, group in zip(entries, groups):
+        if not group:
+            raise SystemExit(f"error: {entry!r}: expected a run directory, or several joined by commas")
+    return groups
+
+
 def run_names(run_dirs: Sequence[str]) -> List[str]:
     """Short names of the runs for the tables: the directory's name, or parent/name where two
     runs share a name (the same model in two settings, e.g. runs/beauty-cpu{,-seed1}/asif)."""
@@ -129,19 +150,35 @@ def run_names(run_dirs: Sequence[str]) -> List[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "best",
+def group_names(groups: Sequence[Sequence[str]]) -> List[str]:
+    """Names of the models: ``run_names`` of each group's first run, with ' (k runs)' for a group of k > 1."""
+    return [name if len(group) == 1 else f"{name} ({len(group)} runs)"
+            for name, group in zip(run_names([g[0] for g in groups]), groups)]
+
+
+def breakdown(run_dirs: Sequence, split: str = "test", checkpoint: str = "best",
               num_resamples: int = 2000) -> dict:
+    """Per-group metrics of each model and paired intervals against the first.
+
+    run_dirs: one entry per model: a run directory, or a list of run directories of the same
+    model (seeds), whose per-user metrics are averaged.
+    """
     from asif_tf.data import input as data_input
-    runs, lengths, targets, data_dir = {}, None, None, None
-    for run_dir, name in zip(run_dirs, run_names(run_dirs)):
-        print(f"evaluating {name} ({checkpoint} checkpoint) on {split} ...", file=sys.stderr, flush=True)
-        lens, tgts, ranks, ddir = ranked_users(run_dir, split, checkpoint)
-        if targets is None:
-            lengths, targets, data_dir = lens, tgts, ddir
-        elif ddir != data_dir or not np.array_equal(tgts, targets):
-            raise SystemExit(f"error: {run_dir} uses dataset {ddir}, not {data_dir} like the first run: "
-                             "compare runs of one dataset")
-        runs[name] = per_user_metrics(ranks)
+    model_runs = [[entry] if isinstance(entry, (str, os.PathLike)) else list(entry) for entry in run_dirs]
+    runs, members, lengths, targets, data_dir = {}, {}, None, None, None
+    for group, name in zip(model_runs, group_names(model_runs)):
+        members[name] = []
+        for run_dir in group:
+            print(f"evaluating {run_dir} ({checkpoint} checkpoint) on {split} ...", file=sys.stderr, flush=True)
+            lens, tgts, ranks, ddir = ranked_users(run_dir, split, checkpoint)
+            if targets is None:
+                lengths, targets, data_dir = lens, tgts, ddir
+            elif ddir != data_dir or not np.array_equal(tgts, targets):
+                raise SystemExit(f"error: {run_dir} uses dataset {ddir}, not {data_dir} like the first run: "
+                                 "compare runs of one dataset")
+            members[name].append(per_user_metrics(ranks))
+        runs[name] = {metric: np.mean([m[metric] for m in members[name]], axis=0)
+                      for metric in members[name][0]}
     counts = data_input.load_dataset_info(data_dir).item_counts
     popularity = counts[targets]
     groups = [("all users", np.ones_like(targets, bool))]
@@ -157,7 +194,13 @@ def breakdown(run_dirs: Sequence[str], split: str = "test", checkpoint: str = "b
     paired = {name: {metric: paired_bootstrap(runs[names[0]][metric], runs[name][metric], num_resamples)
                      for metric in ("hr@20", "ndcg@20")}
               for name in names[1:]} if num_resamples > 0 else {}
-    return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": list(run_dirs),
+    ref_members = members[names[0]]
+    for name, stats in paired.items():
+        if len(members[name]) > 1 and len(members[name]) == len(ref_members):
+            for metric in ("hr@20", "ndcg@20"):
+                stats[metric]["per_run"] = [float(m[metric].mean() - r[metric].mean())
+                                            for m, r in zip(members[name], ref_members)]
+    return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": model_runs,
             "rows": rows, "reference": names[0], "num_resamples": num_resamples, "paired": paired}
 
 
@@ -178,12 +221,19 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['group']} | {row['users']} | " + " | ".join(cells) + " |")
     if result.get("paired"):
         ref = result["reference"]
+        per_run = any("per_run" in stats["ndcg@20"] for stats in result["paired"].values())
         lines += ["", f"Paired difference from {ref} over all users (other - {ref}), 95% bootstrap interval "
-                      f"({result['num_resamples']} resamples of the users), share of resamples ahead of {ref}:", "",
-                  "| run | H@20 diff [95% CI] | ahead | N@20 diff [95% CI] | ahead |", "|---|---|---|---|---|"]
+                      f"({result['num_resamples']} resamples of the users), share of resamples ahead of {ref}"
+                  + (("; for models of several runs, of their per-user means, and 'per run': the i-th run "
+                      "against the i-th run of " + ref) if per_run else "") + ":", "",
+                  "| run | H@20 diff [95% CI] | ahead | N@20 diff [95% CI] | ahead |"
+                  + (" N@20 diff per run |" if per_run else ""),
+                  "|---|---|---|---|---|" + ("---|" if per_run else "")]
         for name, stats in result["paired"].items():
             cells = [f"{s['diff']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}] | {s['p_ahead']:.0%}"
                      for s in (stats["hr@20"], stats["ndcg@20"])]
+            if per_run:
+                cells.append(", ".join(f"{d:+.4f}" for d in stats["ndcg@20"].get("per_run", [])) or "–")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -191,7 +241,9 @@ def markdown(result: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python bench/breakdown.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dirs", nargs="+", help="Run directories of finished (or checkpointed) runs.")
+    parser.add_argument("run_dirs", nargs="+",
+                        help="Run directories of finished (or checkpointed) runs, one per model; several runs "
+                             "of one model (other seeds) as one argument joined by commas, averaged per user.")
     parser.add_argument("--split", choices=("valid", "test"), default="test",
                         help="Which held-out item to rank. Default: %(default)s")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -220,10 +272,11 @@ def emit(text: str, result: dict, json_path: Optional[str]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    check_run_dirs(args.run_dirs)
+    groups = parse_run_groups(args.run_dirs)
+    check_run_dirs([run_dir for group in groups for run_dir in group])
     if args.bootstrap < 0:
         raise SystemExit(f"error: --bootstrap {args.bootstrap}: expected 0 or a positive number of resamples")
-    result = breakdown(args.run_dirs, args.split, args.checkpoint, args.bootstrap)
+    result = breakdown(groups, args.split, args.checkpoint, args.bootstrap)
     emit(markdown(result), result, args.json)
     return 0
 

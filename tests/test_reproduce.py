@@ -93,6 +93,24 @@ def test_reproduce_runs_models_writes_curves_and_table_and_resumes(tmp_path):
         assert stats["ci_low"] <= stats["diff"] + 1e-12 and stats["diff"] <= stats["ci_high"] + 1e-12
     text = breakdown.markdown(result)
     assert "| all users |" in text and "| asif | " in text
+    # Several runs of one model (seeds) are averaged per user; here the two runs in both orders,
+    # so each pooled model's overall metric is the mean of the two runs' metrics.json, the pooled
+    # difference is 0, and the run-by-run differences are asif - sasrec and its negative.
+    dirs = [saved["runs"][n]["run_dir"] for n in ("sasrec", "asif")]
+    assert breakdown.parse_run_groups([",".join(dirs), dirs[1]]) == [dirs, [dirs[1]]]
+    pooled = breakdown.breakdown([dirs, dirs[::-1]], "test", num_resamples=200)
+    names = list(pooled["rows"][0]["runs"])
+    assert len(names) == 2 and names[0].endswith("(2 runs)")
+    for name in names:
+        for metric in ("hr@20", "ndcg@20"):
+            expected = (saved["runs"]["sasrec"]["test"][metric] + saved["runs"]["asif"]["test"][metric]) / 2
+            assert pooled["rows"][0]["runs"][name][metric] == pytest.approx(expected, abs=1e-6)
+    for metric in ("hr@20", "ndcg@20"):
+        stats = pooled["paired"][names[1]][metric]
+        gap = saved["runs"]["asif"]["test"][metric] - saved["runs"]["sasrec"]["test"][metric]
+        assert stats["diff"] == pytest.approx(0.0, abs=1e-9)
+        assert stats["per_run"] == pytest.approx([gap, -gap], abs=1e-6)
+    assert "N@20 diff per run" in breakdown.markdown(pooled)
     # bench/train_fit.py: its train CE is the trainer's own loss (SASRec has no auxiliary loss)
     # with dropout off, averaged over every training position of the same sequences.
     train_fit = load_module("train_fit", REPO / "bench" / "train_fit.py")
