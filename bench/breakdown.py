@@ -135,7 +135,7 @@ def paired_bootstrap(reference: np.ndarray, other: np.ndarray, num_resamples: in
 def parse_run_groups(entries: Sequence[str]) -> List[List[str]]:
     """One list of run directories per model: each entry is one run directory, or several runs of
     one model (other seeds) joined by commas."""
-    groups = [[part for part in entry.split(",") if part.strip()] for entry in entries]
+    groups = [[part.strip() for part in entry.split(",") if part.strip()] for entry in entries]
     for entry, group in zip(entries, groups):
         if not group:
             raise SystemExit(f"error: {entry!r}: expected a run directory, or several joined by commas")
@@ -197,9 +197,9 @@ def breakdown(run_dirs: Sequence, split: str = "test", checkpoint: str = "best",
     ref_members = members[names[0]]
     for name, stats in paired.items():
         if len(members[name]) > 1 and len(members[name]) == len(ref_members):
-            for metric in ("hr@20", "ndcg@20"):
-                stats[metric]["per_run"] = [float(m[metric].mean() - r[metric].mean())
-                                            for m, r in zip(members[name], ref_members)]
+            for metric, metric_stats in stats.items():
+                metric_stats["per_run"] = [float(m[metric].mean() - r[metric].mean())
+                                           for m, r in zip(members[name], ref_members)]
     return {"split": split, "checkpoint": checkpoint, "data_dir": data_dir, "run_dirs": model_runs,
             "rows": rows, "reference": names[0], "num_resamples": num_resamples, "paired": paired}
 
