@@ -41,7 +41,8 @@ With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, pa
 another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall),
 --no-bucket_by_length adds -nobucket (cpu-prefix-nobucket), and
 --lambda_fa X adds -faX to the results files and tables (ablations-cpu-prefix-fa1.md; run
-directories stay under the setting's label, named asif-lambda_fa=X).
+directories stay under the setting's label, named asif-lambda_fa=X), and --attribute_pooling M
+adds -poolM after it (table-cpu-prefix-fa1-poolmean.md; runs named fdsa-attribute_pooling=M).
 
 Examples:
   python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
@@ -53,6 +54,8 @@ Examples:
   python bench/reproduce.py --sweep hie_causal --training_samples prefix --datasets beauty --patience 5
   python bench/reproduce.py --sweep hie_padding --sweep_values false --training_samples prefix \
       --no-bucket_by_length --lambda_fa 1.0 --datasets beauty --max_epochs 30 --patience 5   # research code's HIE
+  python bench/reproduce.py --datasets yelp --training_samples prefix --max_epochs 30 --patience 5 \
+      --lambda_fa 1.0 --models fdsa --attribute_pooling mean   # FDSA pooling categories as RecBole does
   python bench/reproduce.py --datasets mini=/path/to/s3rec_dir --models sasrec   # any s3rec directory
 """
 from __future__ import annotations
@@ -156,11 +159,14 @@ def run_label(args: argparse.Namespace) -> str:
 
 def results_label(args: argparse.Namespace) -> str:
     """The label of an invocation's results files and tables: the setting's label, plus -fa<X> when
-    --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1). Run directories keep the setting's
+    --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1) and -pool<mode> when
+    --attribute_pooling replaces its pooling (cpu-prefix-fa1-poolmean). Run directories keep the setting's
     label: they are named by what differs from the setting (asif-lambda_fa=1.0), so a run shared with
     a --sweep lambda point is trained once."""
     label = run_label(args)
-    return label if args.lambda_fa is None else f"{label}-fa{args.lambda_fa:g}"
+    if args.lambda_fa is not None:
+        label = f"{label}-fa{args.lambda_fa:g}"
+    return label if args.attribute_pooling is None else f"{label}-pool{args.attribute_pooling}"
 
 
 def with_lambda_fa(plan: List[Tuple[str, str, dict]], lambda_fa: Optional[float]) -> List[Tuple[str, str, dict]]:
@@ -170,6 +176,20 @@ def with_lambda_fa(plan: List[Tuple[str, str, dict]], lambda_fa: Optional[float]
         return plan
     return [(key, model, overrides if model != "asif" or overrides.get("fa") is False
              else {**overrides, "lambda_fa": lambda_fa}) for key, model, overrides in plan]
+
+
+# The models without attribute embeddings: an attribute-pooling override does not change their run.
+ID_ONLY_MODELS = ("sasrec", "gru4rec")
+
+
+def with_attribute_pooling(plan: List[Tuple[str, str, dict]],
+                           pooling: Optional[str]) -> List[Tuple[str, str, dict]]:
+    """``plan`` with the pooling of each attribute field's tokens set to ``pooling`` in every run of a
+    model that embeds attributes (the ID-only models keep the setting's run: it is the same run)."""
+    if pooling is None:
+        return plan
+    return [(key, model, overrides if model in ID_ONLY_MODELS else {**overrides, "attribute_pooling": pooling})
+            for key, model, overrides in plan]
 
 
 def parse_sweep_values(text: str, kind: type) -> tuple:
@@ -626,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "and tables are labelled <label>-fa<X> (e.g. ablations-cpu-prefix-fa1.md); run "
                              "directories are named by the override (asif-lambda_fa=1.0), so the run of a "
                              "--sweep lambda point is reused.")
+    parser.add_argument("--attribute_pooling", choices=("sum", "mean"), default=None,
+                        help="Pooling of the tokens of one attribute field (Yelp's items have several "
+                             "categories each) in every run of a model that embeds attributes, instead of the "
+                             "setting's sum. RecBole's FDSA pools by mean (its SASRecF by sum). Results and "
+                             "tables are labelled <label>-pool<mode> (e.g. table-cpu-prefix-fa1-poolmean.md); "
+                             "run directories are named by the override (fdsa-attribute_pooling=mean).")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
                         help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
                              "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
@@ -731,7 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         plan = [(m, m, {}) for m in models]
         suffix = ""
-    plan = with_lambda_fa(plan, args.lambda_fa)
+    plan = with_attribute_pooling(with_lambda_fa(plan, args.lambda_fa), args.attribute_pooling)
 
     # Every run's config is validated (asif_tf.config) before any preprocessing or training, so a
     # combination the trainer refuses (e.g. the per-sequence HIE of --sweep hie_causal under

@@ -233,6 +233,27 @@ def test_fdsa_item_stream_is_sasrec_and_feature_stream_is_separate():
     np.testing.assert_allclose(seq(enc, h), want, atol=2e-4)
 
 
+def test_mean_pooling_divides_each_fields_sum_by_its_token_count():
+    """attribute_pooling="mean" (RecBole's FDSA): per field, the mean of the embeddings of the item's
+    non-padding attribute ids; an item with no ids gets zeros, not a division by zero."""
+    enc = make("fdsa", num_layers=1, attribute_pooling="mean")
+    h = histories()
+    emb = enc.attribute_embedding
+    want = []
+    for f in emb.fields:
+        ids = emb.tables[f].numpy()[h]                                          # [b, n, T]
+        vectors = emb.embeddings[f].embeddings.numpy()[ids] * (ids > 0)[..., None]
+        want.append(vectors.sum(-2) / np.maximum((ids > 0).sum(-1), 1)[..., None])
+    got = emb(tf.constant(h)).numpy()
+    np.testing.assert_allclose(got, np.stack(want, axis=2), atol=1e-6)
+    two_tokens = (emb.tables["categories"].numpy()[h] > 0).sum(-1) == 2
+    assert two_tokens.any()                    # the test covers an item whose mean differs from its sum
+    np.testing.assert_allclose(got[..., emb.fields.index("categories"), :][two_tokens],
+                               np_attributes(enc, h)[..., emb.fields.index("categories"), :][two_tokens] / 2,
+                               atol=1e-6)
+    assert enc.get_config()["attribute_pooling"] == "mean"
+
+
 # ---------------------------------------------------------------- NOVA
 
 

@@ -322,6 +322,33 @@ def test_lambda_fa_override_reuses_sweep_runs_and_labels_its_results(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_attribute_pooling_override_reaches_the_models_that_embed_attributes(tmp_path):
+    """--attribute_pooling sets the pooling of every run of a model with attribute embeddings (not of
+    the ID-only models, whose run it does not change), names their run directories by it, labels the
+    results apart, and reaches the trainer's config."""
+    reproduce = load_reproduce()
+    plan = [(m, m, {}) for m in ("sasrec", "fdsa", "gru4rec")] + [("asif-no_fa", "asif", {"fa": False})]
+    pooled = dict((key, overrides) for key, _, overrides in reproduce.with_attribute_pooling(plan, "mean"))
+    assert pooled == {"sasrec": {}, "fdsa": {"attribute_pooling": "mean"}, "gru4rec": {},
+                      "asif-no_fa": {"fa": False, "attribute_pooling": "mean"}}
+    assert reproduce.with_attribute_pooling(plan, None) == plan
+    parser = reproduce.build_parser()
+    args = parser.parse_args(["--training_samples", "prefix", "--lambda_fa", "1", "--attribute_pooling", "mean"])
+    assert reproduce.results_label(args) == "cpu-prefix-fa1-poolmean"
+    assert parser.parse_args([]).attribute_pooling is None
+    data = tmp_path / "mini"
+    write_s3rec(data, users=40)
+    results = tmp_path / "results"
+    argv = ["--datasets", f"mini={data}", "--models", "fdsa", "--attribute_pooling", "mean", "--max_epochs", "1",
+            "--results_dir", str(results), "--verbose", "0"]
+    assert reproduce.main(argv) == 0
+    saved = json.loads((results / "mini-cpu-poolmean.json").read_text())
+    run_dir = pathlib.Path(saved["runs"]["fdsa"]["run_dir"])
+    assert run_dir == results / "runs" / "mini-cpu" / "fdsa-attribute_pooling=mean"
+    assert json.loads((run_dir / "config.json").read_text())["model"]["attribute_pooling"] == "mean"
+    assert (results / "table-cpu-poolmean.md").exists()
+
+
 def test_a_finished_run_is_not_reused_under_another_config(tmp_path):
     """reproduce.py reuses a finished run directory by name; under a config it was not trained with
     (e.g. a setting whose default changed) it refuses instead of reporting the old run's metrics."""
