@@ -42,7 +42,8 @@ another --seed adds -seed<N>, --attributes all adds -attrall (cpu-prefix-attrall
 --no-bucket_by_length adds -nobucket (cpu-prefix-nobucket), and
 --lambda_fa X adds -faX to the results files and tables (ablations-cpu-prefix-fa1.md; run
 directories stay under the setting's label, named asif-lambda_fa=X), and --attribute_pooling M
-adds -poolM after it (table-cpu-prefix-fa1-poolmean.md; runs named fdsa-attribute_pooling=M).
+adds -poolM after it (table-cpu-prefix-fa1-poolmean.md; runs named fdsa-attribute_pooling=M), and
+--lambda_attr X adds -lattrX after that (table-cpu256-prefix-lattr1.md; runs named difsr-lambda_attr=X).
 
 Examples:
   python bench/reproduce.py                                       # all models, Beauty + Yelp, cpu setting
@@ -160,13 +161,16 @@ def run_label(args: argparse.Namespace) -> str:
 def results_label(args: argparse.Namespace) -> str:
     """The label of an invocation's results files and tables: the setting's label, plus -fa<X> when
     --lambda_fa replaces the setting's FA weight (cpu-prefix-fa1) and -pool<mode> when
-    --attribute_pooling replaces its pooling (cpu-prefix-fa1-poolmean). Run directories keep the setting's
+    --attribute_pooling replaces its pooling (cpu-prefix-fa1-poolmean), and -lattr<X> when --lambda_attr
+    replaces DIF-SR's attribute-loss weight (cpu256-prefix-lattr1). Run directories keep the setting's
     label: they are named by what differs from the setting (asif-lambda_fa=1.0), so a run shared with
     a --sweep lambda point is trained once."""
     label = run_label(args)
     if args.lambda_fa is not None:
         label = f"{label}-fa{args.lambda_fa:g}"
-    return label if args.attribute_pooling is None else f"{label}-pool{args.attribute_pooling}"
+    if args.attribute_pooling is not None:
+        label = f"{label}-pool{args.attribute_pooling}"
+    return label if args.lambda_attr is None else f"{label}-lattr{args.lambda_attr:g}"
 
 
 def with_lambda_fa(plan: List[Tuple[str, str, dict]], lambda_fa: Optional[float]) -> List[Tuple[str, str, dict]]:
@@ -189,6 +193,15 @@ def with_attribute_pooling(plan: List[Tuple[str, str, dict]],
     if pooling is None:
         return plan
     return [(key, model, overrides if model in ID_ONLY_MODELS else {**overrides, "attribute_pooling": pooling})
+            for key, model, overrides in plan]
+
+
+def with_lambda_attr(plan: List[Tuple[str, str, dict]], lambda_attr: Optional[float]) -> List[Tuple[str, str, dict]]:
+    """``plan`` with DIF-SR's attribute-prediction weight set to ``lambda_attr`` in every DIF-SR run (the
+    weight exists in DIF-SR only; the other models keep the setting's run)."""
+    if lambda_attr is None:
+        return plan
+    return [(key, model, {**overrides, "lambda_attr": lambda_attr} if model == "difsr" else overrides)
             for key, model, overrides in plan]
 
 
@@ -652,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "setting's sum. RecBole's FDSA pools by mean (its SASRecF by sum). Results and "
                              "tables are labelled <label>-pool<mode> (e.g. table-cpu-prefix-fa1-poolmean.md); "
                              "run directories are named by the override (fdsa-attribute_pooling=mean).")
+    parser.add_argument("--lambda_attr", type=float, default=None,
+                        help="DIF-SR's attribute-prediction loss weight in every DIF-SR run instead of the "
+                             "config default (10, DIF-SR's Beauty setting). In the cpu256 setting (d=256, lr 5e-4, "
+                             "batch 256) weight 10 keeps DIF-SR at popularity level (bench/README.md). Results and "
+                             "tables are labelled <label>-lattr<X> (e.g. table-cpu256-prefix-lattr1.md); run "
+                             "directories are named by the override (difsr-lambda_attr=1.0).")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), default=None,
                         help="Sweep one ASIF parameter instead of --models: lambda (lambda_fa, Fig. 6), r "
                              "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
@@ -730,6 +749,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--lambda_fa must be >= 0, got {args.lambda_fa}")
     if args.lambda_fa is not None and args.sweep == "lambda":
         parser.error("--sweep lambda sweeps the FA weight itself; leave out --lambda_fa")
+    if args.lambda_attr is not None and args.lambda_attr < 0:
+        parser.error(f"--lambda_attr must be >= 0, got {args.lambda_attr}")
     for name in ("max_epochs", "patience", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -758,6 +779,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = [(m, m, {}) for m in models]
         suffix = ""
     plan = with_attribute_pooling(with_lambda_fa(plan, args.lambda_fa), args.attribute_pooling)
+    plan = with_lambda_attr(plan, args.lambda_attr)
 
     # Every run's config is validated (asif_tf.config) before any preprocessing or training, so a
     # combination the trainer refuses (e.g. the per-sequence HIE of --sweep hie_causal under

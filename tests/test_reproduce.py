@@ -322,6 +322,20 @@ def test_lambda_fa_override_reuses_sweep_runs_and_labels_its_results(capsys):
         assert message in capsys.readouterr().err
 
 
+def run_mini_override(reproduce, tmp_path, model, flags, label_suffix):
+    """One epoch of ``model`` on a 40-user s3rec dataset with the override ``flags``; returns its run
+    directory, as the results JSON labelled cpu-<label_suffix> records it, and its saved model config."""
+    data = tmp_path / "mini"
+    write_s3rec(data, users=40)
+    results = tmp_path / "results"
+    argv = ["--datasets", f"mini={data}", "--models", model, *flags, "--max_epochs", "1",
+            "--results_dir", str(results), "--verbose", "0"]
+    assert reproduce.main(argv) == 0
+    saved = json.loads((results / f"mini-cpu-{label_suffix}.json").read_text())
+    run_dir = pathlib.Path(saved["runs"][model]["run_dir"])
+    return run_dir, json.loads((run_dir / "config.json").read_text())["model"]
+
+
 def test_attribute_pooling_override_reaches_the_models_that_embed_attributes(tmp_path):
     """--attribute_pooling sets the pooling of every run of a model with attribute embeddings (not of
     the ID-only models, whose run it does not change), names their run directories by it, labels the
@@ -336,17 +350,31 @@ def test_attribute_pooling_override_reaches_the_models_that_embed_attributes(tmp
     args = parser.parse_args(["--training_samples", "prefix", "--lambda_fa", "1", "--attribute_pooling", "mean"])
     assert reproduce.results_label(args) == "cpu-prefix-fa1-poolmean"
     assert parser.parse_args([]).attribute_pooling is None
-    data = tmp_path / "mini"
-    write_s3rec(data, users=40)
-    results = tmp_path / "results"
-    argv = ["--datasets", f"mini={data}", "--models", "fdsa", "--attribute_pooling", "mean", "--max_epochs", "1",
-            "--results_dir", str(results), "--verbose", "0"]
-    assert reproduce.main(argv) == 0
-    saved = json.loads((results / "mini-cpu-poolmean.json").read_text())
-    run_dir = pathlib.Path(saved["runs"]["fdsa"]["run_dir"])
-    assert run_dir == results / "runs" / "mini-cpu" / "fdsa-attribute_pooling=mean"
-    assert json.loads((run_dir / "config.json").read_text())["model"]["attribute_pooling"] == "mean"
-    assert (results / "table-cpu-poolmean.md").exists()
+    run_dir, model_config = run_mini_override(reproduce, tmp_path, "fdsa", ["--attribute_pooling", "mean"], "poolmean")
+    assert run_dir == tmp_path / "results" / "runs" / "mini-cpu" / "fdsa-attribute_pooling=mean"
+    assert model_config["attribute_pooling"] == "mean"
+    assert (tmp_path / "results" / "table-cpu-poolmean.md").exists()
+
+
+def test_lambda_attr_override_reaches_difsr_only(tmp_path, capsys):
+    """--lambda_attr sets DIF-SR's attribute-loss weight in its runs only (the other models keep the
+    setting's run), names the run directory by it, labels the results apart, reaches the trainer's
+    config, and a negative weight is a usage error."""
+    reproduce = load_reproduce()
+    plan = [(m, m, {}) for m in ("sasrec", "difsr", "nova")] + [("asif-no_fa", "asif", {"fa": False})]
+    weighted = dict((key, overrides) for key, _, overrides in reproduce.with_lambda_attr(plan, 1.0))
+    assert weighted == {"sasrec": {}, "difsr": {"lambda_attr": 1.0}, "nova": {}, "asif-no_fa": {"fa": False}}
+    assert reproduce.with_lambda_attr(plan, None) == plan
+    parser = reproduce.build_parser()
+    args = parser.parse_args(["--setting", "cpu256", "--training_samples", "prefix", "--lambda_attr", "1"])
+    assert reproduce.results_label(args) == "cpu256-prefix-lattr1"
+    assert parser.parse_args([]).lambda_attr is None
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(["--lambda_attr", "-1"])
+    assert err.value.code == 2 and "--lambda_attr must be >= 0" in capsys.readouterr().err
+    run_dir, model_config = run_mini_override(reproduce, tmp_path, "difsr", ["--lambda_attr", "0.5"], "lattr0.5")
+    assert run_dir == tmp_path / "results" / "runs" / "mini-cpu" / "difsr-lambda_attr=0.5"
+    assert model_config["lambda_attr"] == 0.5
 
 
 def test_a_finished_run_is_not_reused_under_another_config(tmp_path):
