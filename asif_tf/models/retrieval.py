@@ -83,6 +83,14 @@ class SequentialRetrievalModel(tfrs.Model):
         return self.encoder.item_embeddings()
 
     def compute_loss(self, features, training=False):
+        main, aux = self.loss_terms(features, training=training)
+        self.aux_loss_tracker.update_state(aux)
+        return main + aux
+
+    def loss_terms(self, features, training=False):
+        """(main, aux), float [] each: the retrieval loss over the labelled positions, and the encoder's
+        weighted auxiliary loss (DIF-SR's attribute loss, ASIF's FA loss; 0 for the other encoders).
+        Their sum is the training loss."""
         history, labels = features["history"], features["labels"]
         out = self.encoder(history, training=training, labels=labels)
         mask = labels > 0
@@ -95,9 +103,7 @@ class SequentialRetrievalModel(tfrs.Model):
             main = self.task(queries, tf.gather(items, targets),
                              candidate_sampling_probability=tf.gather(self.item_probabilities, targets),
                              candidate_ids=targets, compute_metrics=False, training=training)
-        aux = out["aux_loss"]
-        self.aux_loss_tracker.update_state(aux)
-        return main + aux
+        return main, out["aux_loss"]
 
     def test_step(self, data):
         vectors = self(data["history"], training=False)
