@@ -82,8 +82,8 @@ def shared_variables(main: tf.Tensor, aux: tf.Tensor, tape: tf.GradientTape,
             float(tf.linalg.global_norm([tf.convert_to_tensor(b) for _, b in both])), len(both))
 
 
-def probe(cfg, data_dir: str, steps: int) -> dict:
-    """Trains ``cfg`` for ``steps`` steps and evaluates it on the validation split."""
+def seeded_model_and_batches(cfg, data_dir: str):
+    """The model and training batches ``asif_tf.train.run`` starts from: the same seed, weights and order."""
     tf.keras.utils.set_random_seed(cfg.train.seed)
     info = data_input.load_dataset_info(data_dir, cfg.data.attribute_field_list())
     model = registry.build_model(cfg, info)
@@ -91,17 +91,32 @@ def probe(cfg, data_dir: str, steps: int) -> dict:
     d, t = cfg.data, cfg.train
     train_ds = data_input.train_dataset(data_dir, t.batch_size, d.max_seq_len, t.training_samples,
                                         bucket=t.bucket_by_length, seed=t.seed)
-    valid_ds = data_input.eval_dataset(data_dir, "valid", t.eval_batch_size, d.max_seq_len, t.bucket_by_length)
+    return model, train_ds
+
+
+def initial_gradients(cfg, data_dir: str) -> Tuple[float, float, float, float, int]:
+    """(main loss, aux loss, their gradient norms over the variables both reach, how many) on the first batch."""
+    model, train_ds = seeded_model_and_batches(cfg, data_dir)
     first = next(iter(train_ds))
     model(first["history"])                                        # builds the variables
     with tf.GradientTape(persistent=True) as tape:
         main, aux = model.loss_terms(first, training=True)
-    g_main, g_aux, shared = shared_variables(main, aux, tape, model.trainable_variables)
+    return (float(main), float(aux), *shared_variables(main, aux, tape, model.trainable_variables))
+
+
+def probe(cfg, data_dir: str, steps: int) -> dict:
+    """Trains ``cfg`` for ``steps`` steps and evaluates it on the validation split."""
+    main, aux, g_main, g_aux, shared = initial_gradients(cfg, data_dir)
+    # Rebuilt from the seed, so that the gradient measurement (its dropout draws and its pass over the
+    # batches) leaves the training run as the trainer's own first ``steps`` steps would be.
+    model, train_ds = seeded_model_and_batches(cfg, data_dir)
+    d, t = cfg.data, cfg.train
+    valid_ds = data_input.eval_dataset(data_dir, "valid", t.eval_batch_size, d.max_seq_len, t.bucket_by_length)
     started = time.time()
     history = model.fit(train_ds.take(steps), verbose=0)
     trained = time.time() - started
     valid = model.evaluate(valid_ds, return_dict=True, verbose=0)
-    return {"steps": steps, "init_main_loss": float(main), "init_aux_loss": float(aux),
+    return {"steps": steps, "init_main_loss": main, "init_aux_loss": aux,
             "init_grad_main": g_main, "init_grad_aux": g_aux, "shared_variables": shared,
             "train_loss": float(history.history["loss"][-1]), "train_aux_loss": float(history.history["aux_loss"][-1]),
             "valid": {k: float(v) for k, v in valid.items() if k != "aux_loss"},

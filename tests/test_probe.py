@@ -53,3 +53,26 @@ def test_usage_errors(tmp_path, capsys):
             probe.main(argv + ["--results_dir", str(tmp_path)])
         assert err.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_probe_training_is_the_trainers_first_epoch(tmp_path):
+    """Measuring the initial gradients leaves the probe's training untouched: a probe of one epoch's
+    steps ends where asif_tf.train.run's first epoch of the same config ends (same validation metrics)."""
+    probe = load_probe()
+    reproduce = load_module("reproduce", REPO / "bench" / "reproduce.py")
+    from asif_tf import train
+    data = tmp_path / "mini"
+    write_s3rec(data, users=40)
+    out = tmp_path / "probe.json"
+    argv = ["--dataset", f"mini={data}", "--model", "nova", "--setting", "cpu", "--steps", "1000",
+            "--results_dir", str(tmp_path / "res"), "--json", str(out)]
+    assert probe.main(argv) == 0
+    (row,) = json.loads(out.read_text())
+    ds = reproduce.parse_datasets(f"mini={data}", tmp_path, "paper")[0]
+    cfg = reproduce.model_config(reproduce.setting_config("cpu", ds.name), "nova")
+    cfg.data.data_dir = reproduce.prepare_dataset(ds, tmp_path / "res")
+    cfg.train.training_samples, cfg.train.epochs, cfg.train.verbose = "prefix", 1, 0
+    cfg.train.run_dir = str(tmp_path / "run")
+    trained = train.run(cfg)
+    for name, value in trained["valid"].items():
+        assert row["valid"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
