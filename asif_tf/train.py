@@ -147,6 +147,22 @@ def build_variables(model, optimizer) -> None:
     optimizer.build(model.trainable_variables)
 
 
+def seeded_model(cfg: ExperimentConfig, data_dir: str):
+    """(model, optimizer, dataset info) of a run before its first step: the seed set, the model built and
+    compiled under the distribution strategy, its and the optimizer's variables created. The same seed gives
+    the same weights, and then the same batches and dropout draws (``bench/probe.py`` relies on it)."""
+    tf.keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    info = data_input.load_dataset_info(data_dir, cfg.data.attribute_field_list())
+    with choose_strategy().scope():
+        model = registry.build_model(cfg, info)
+        optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate)
+        model.compile(optimizer=optimizer)
+        build_variables(model, optimizer)
+    return model, optimizer, info
+
+
 def run(cfg: ExperimentConfig) -> dict:
     cfg.validate()
     t_start = time.time()
@@ -161,17 +177,7 @@ def run(cfg: ExperimentConfig) -> dict:
     run.write_json(run.config, cfg.to_dict())
     state = run.read_state()
 
-    tf.keras.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    fields = cfg.data.attribute_field_list()
-    info = data_input.load_dataset_info(data_dir, fields)
-    strategy = choose_strategy()
-    with strategy.scope():
-        model = registry.build_model(cfg, info)
-        optimizer = tf.keras.optimizers.Adam(cfg.train.learning_rate)
-        model.compile(optimizer=optimizer)
-        build_variables(model, optimizer)
+    model, optimizer, info = seeded_model(cfg, data_dir)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     latest = tf.train.latest_checkpoint(run.checkpoints)
     if latest and state["epoch"] > 0:

@@ -9,8 +9,8 @@ auxiliary loss (DIF-SR's attribute loss, ASIF's FA loss), over the variables tha
 
 Minutes per variant on 2 cores (a Beauty epoch of every-prefix batches of 256 is 520 steps, 5-7 min
 at d=256), where a full run is hours: for telling a setting that learns from one that stays at
-popularity level, not for results. A variant is ``name=value[;name=value...]`` of ModelConfig fields, or of ``learning_rate`` /
-``batch_size``; ``default`` is the setting as it is.
+popularity level, not for results. A variant is ``name=value[;name=value...]`` of ModelConfig fields,
+or of ``learning_rate`` / ``batch_size``; ``default`` is the setting as it is.
 
   python bench/probe.py --setting cpu256 --dataset beauty --model difsr --steps 520 \\
       --variants lambda_attr=0 lambda_attr=1 default "fusion=gate"
@@ -34,9 +34,9 @@ if str(BENCH) not in sys.path:
 import reproduce  # noqa: E402  (puts the repository on sys.path and sets TF_USE_LEGACY_KERAS)
 import tensorflow as tf  # noqa: E402
 
+from asif_tf import train  # noqa: E402
 from asif_tf.config import MODELS  # noqa: E402
 from asif_tf.data import input as data_input  # noqa: E402
-from asif_tf.models import registry  # noqa: E402
 
 TRAIN_FIELDS = {"learning_rate": float, "batch_size": int}
 
@@ -72,7 +72,8 @@ def parse_variant(spec: str) -> Tuple[Dict[str, object], Dict[str, object]]:
 
 def shared_variables(main: tf.Tensor, aux: tf.Tensor, tape: tf.GradientTape,
                      variables: Sequence[tf.Variable]) -> Tuple[float, float, int]:
-    """Global gradient norms of ``main`` and ``aux`` over the variables both reach, and their count."""
+    """Global gradient norms of ``main`` and ``aux`` over the variables both reach, and their count; where
+    no variable reaches ``aux`` (an encoder without an auxiliary loss), ``main``'s over all it reaches, 0, 0."""
     g_main = tape.gradient(main, variables, unconnected_gradients=tf.UnconnectedGradients.NONE)
     g_aux = tape.gradient(aux, variables, unconnected_gradients=tf.UnconnectedGradients.NONE)
     both = [(a, b) for a, b in zip(g_main, g_aux) if a is not None and b is not None]
@@ -84,10 +85,7 @@ def shared_variables(main: tf.Tensor, aux: tf.Tensor, tape: tf.GradientTape,
 
 def seeded_model_and_batches(cfg, data_dir: str):
     """The model and training batches ``asif_tf.train.run`` starts from: the same seed, weights and order."""
-    tf.keras.utils.set_random_seed(cfg.train.seed)
-    info = data_input.load_dataset_info(data_dir, cfg.data.attribute_field_list())
-    model = registry.build_model(cfg, info)
-    model.compile(optimizer=tf.keras.optimizers.Adam(cfg.train.learning_rate))
+    model, _, _ = train.seeded_model(cfg, data_dir)
     d, t = cfg.data, cfg.train
     train_ds = data_input.train_dataset(data_dir, t.batch_size, d.max_seq_len, t.training_samples,
                                         bucket=t.bucket_by_length, seed=t.seed)
@@ -98,7 +96,6 @@ def initial_gradients(cfg, data_dir: str) -> Tuple[float, float, float, float, i
     """(main loss, aux loss, their gradient norms over the variables both reach, how many) on the first batch."""
     model, train_ds = seeded_model_and_batches(cfg, data_dir)
     first = next(iter(train_ds))
-    model(first["history"])                                        # builds the variables
     with tf.GradientTape(persistent=True) as tape:
         main, aux = model.loss_terms(first, training=True)
     return (float(main), float(aux), *shared_variables(main, aux, tape, model.trainable_variables))
