@@ -82,6 +82,9 @@ class ModelConfig:
                                     "sequence (prefix training only); it agrees with causal HIE at the last "
                                     "position for one layer only, since from the second layer on earlier "
                                     "positions have seen later ones in the layers below.")
+    hie_from_layer: int = _field(0, "First layer (0-based) that applies HIE: HIE runs in it and in every layer "
+                                    "above it. 0: every layer (the paper). Not in the paper: a diagnostic of "
+                                    "where in the stack HIE helps (num_layers - 1: the last layer only).")
     refine_fused: bool = _field(True, "Refine the fused stream layer by layer (--no-refine_fused: static).")
     separate_ffn: bool = _field(True, "Separate feed-forward networks per stream "
                                       "(--no-separate_ffn: one FFN shared by the three streams, research code).")
@@ -140,6 +143,9 @@ class ExperimentConfig:
                             ("attribute_dropout", m.attribute_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"--{name} must be in [0, 1), got {value}")
+        if not 0 <= m.hie_from_layer < m.num_layers:
+            raise ValueError(f"--hie_from_layer must be in [0, num_layers) = [0, {m.num_layers}), "
+                             f"got {m.hie_from_layer}")
         if m.model == "asif" and m.hie and not m.hie_causal and t.training_samples == "sequence":
             raise ValueError("--no-hie_causal with --training_samples sequence would leak future items "
                              "through the HIE basis; use --training_samples prefix or keep --hie_causal")

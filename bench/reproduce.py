@@ -34,7 +34,7 @@ Outputs under --results_dir (default bench/results/):
   table-<setting>.md                   Table 2 layout: ours, the paper's, relative difference
   <dataset>-<setting>-ablations.json,  ablations-<setting>.md   (--ablations, Table 4 layout)
   <dataset>-<setting>-sweep-<name>.json/.png                    (--sweep lambda|r|fusion, Fig. 6/7;
-                                                                ffn|refine|hie_causal|hie_padding)
+                                                                ffn|refine|hie_causal|hie_padding|hie_from)
   data/<dataset>-<attributes>/          the preprocessed dataset (cached, git-ignored)
   runs/<dataset>-<setting>/<variant>/   run directories (checkpoints, logs; git-ignored)
 With --training_samples prefix, <setting> reads <setting>-prefix (cpu-prefix, paper-prefix);
@@ -121,6 +121,9 @@ SWEEPS = {"lambda": ("lambda_fa", (0.0, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0)),
           "refine": ("refine_fused", (True, False)),         # fused stream refined per layer vs static
           "hie_padding": ("hie_mask_padding", (True, False)),  # padded positions masked out of HIE's basis
           "hie_causal": ("hie_causal", (True, False)),         # causal HIE vs one basis per sequence (research)
+          # not in the paper: HIE in layers hie_from_layer..L-1 only (0 = every layer); the default values
+          # fit the cpu setting's two layers, --sweep_values 2,3 the last two / last one of four
+          "hie_from": ("hie_from_layer", (0, 1)),
           # not in the paper: dropout on A, the one input to the fused stream that escapes dropout
           "attr_dropout": ("attribute_dropout", (0.0, 0.2, 0.5)),
           # not in the paper: the fused stream with and without the item ID (F0 = E0 + A vs A)
@@ -676,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(num_bases, Fig. 6), fusion (gamma, Fig. 7), or one of ASIF.md's reconstructed "
                              "choices: ffn (separate_ffn), refine (refine_fused), hie_causal (causal HIE vs "
                              "the research code's one basis per sequence) and hie_padding (hie_mask_padding of "
-                             "the per-sequence basis); the last two need --training_samples prefix.")
+                             "the per-sequence basis; these two need --training_samples prefix), and, not in the paper: "
+                             "hie_from (hie_from_layer: HIE only from that layer up), attr_dropout "
+                             "(attribute_dropout) and fused_identity (the fused stream with or without the ID).")
     parser.add_argument("--sweep_values", default=None,
                         help="Comma-separated values for --sweep (default: "
                              + "; ".join(f"{k}: {','.join(map(str, v[1]))}" for k, v in SWEEPS.items()) + ").")

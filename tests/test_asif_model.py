@@ -113,6 +113,35 @@ def test_ablation_switches_remove_exactly_their_part():
     assert float(full.encoder(h, training=False)["aux_loss"]) > 0.0
 
 
+@pytest.mark.parametrize("rsa", [True, False])
+def test_hie_from_layer_is_the_full_model_with_hie_skipped_below_it(rsa):
+    """--hie_from_layer 1 of a 2-layer model gives what the every-layer model gives when its
+    first layer's HIE is bypassed, with the same weights; without RSA the first layer still
+    refines F for the HIE above it."""
+    every, _ = build(num_layers=2, rsa=rsa)
+    upper, _ = build(num_layers=2, rsa=rsa, hie_from_layer=1)
+    h = histories([8, 5, 3])
+    every(tf.constant(h)), upper(tf.constant(h))
+    assert [b.hie is not None for b in upper.encoder.blocks] == [False, True]
+    assert upper.encoder.blocks[0].refine_fused
+    lower_bases = {id(w) for w in every.encoder.blocks[0].hie.weights}
+    shared = [w for w in every.encoder.weights if id(w) not in lower_bases]
+    assert len(lower_bases) == 1 and len(shared) == len(upper.encoder.weights)
+    for src, dst in zip(shared, upper.encoder.weights):
+        assert src.name.split("encoder/")[-1] == dst.name.split("encoder/")[-1]
+        dst.assign(src)
+    with_lower = sequence_out(every, h)
+    every.encoder.blocks[0].hie = None
+    expected = sequence_out(every, h)
+    np.testing.assert_allclose(sequence_out(upper, h), expected, atol=1e-5)
+    assert np.abs(with_lower - expected).max() > 1e-4
+
+
+def test_hie_from_layer_must_name_a_layer():
+    with pytest.raises(ValueError, match="hie_from_layer"):
+        tiny_config(num_layers=2, hie_from_layer=2).validate()
+
+
 def numpy_fa(x, a, valid, tau):
     x = x / np.linalg.norm(x, axis=-1, keepdims=True)
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)  # padding rows are zero

@@ -1,6 +1,8 @@
 """One ASIF layer: RSA attention over item / fused / position streams, HIE, feed-forward."""
 from __future__ import annotations
 
+from typing import Optional
+
 from asif_tf import _env  # noqa: F401
 import tensorflow as tf
 
@@ -31,15 +33,19 @@ class ASIFLayer(tf.keras.layers.Layer):
                  attention_dropout: float = 0.3, layer_norm_eps: float = 1e-12, init_std: float = 0.02,
                  rsa: bool = True, up: bool = True, hie: bool = True, refine_fused: bool = True,
                  separate_ffn: bool = True, num_bases: int = 16, max_seq_len: int = 50,
-                 hie_causal: bool = True, hie_mask_padding: bool = True, last: bool = False, **kwargs):
+                 hie_causal: bool = True, hie_mask_padding: bool = True, last: bool = False,
+                 fused_read_above: Optional[bool] = None, **kwargs):
         super().__init__(**kwargs)
         self._cfg = dict(hidden_size=hidden_size, num_heads=num_heads, inner_size=inner_size, dropout=dropout,
                          attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps, init_std=init_std,
                          rsa=rsa, up=up, hie=hie, refine_fused=refine_fused, separate_ffn=separate_ffn,
                          num_bases=num_bases, max_seq_len=max_seq_len, hie_causal=hie_causal,
-                         hie_mask_padding=hie_mask_padding, last=last)
+                         hie_mask_padding=hie_mask_padding, last=last, fused_read_above=fused_read_above)
         self.rsa, self.up, self.hie_on, self.last = rsa, up, hie, last
-        self.refine_fused = refine_fused and (hie or (rsa and not last))
+        # F' is computed when something reads it: this layer's HIE, or a layer above (its RSA scores or
+        # its HIE). None: a layer above reads F exactly when it uses RSA, as when every layer has HIE.
+        read_above = rsa if fused_read_above is None else fused_read_above
+        self.refine_fused = refine_fused and (hie or (read_above and not last))
         heads = dict(hidden_size=hidden_size, num_heads=num_heads, init_std=init_std)
         attn = dict(heads, dropout=dropout, attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps)
         ffn = dict(hidden_size=hidden_size, inner_size=inner_size, dropout=dropout,
