@@ -38,18 +38,17 @@ class ASIFEncoder(SequenceEncoder):
     def __init__(self, num_items, hidden_size=64, max_seq_len=50, field_vocab_sizes=None, field_max_tokens=None,
                  attribute_pooling="sum", init_std=0.02, num_layers=2, num_heads=2, inner_size=256,
                  dropout=0.5, attention_dropout=0.3, layer_norm_eps=1e-12, fusion="sum", rsa=True, up=True,
-                 hie=True, fa=True, num_bases=16, hie_from_layer=0, hie_causal=True, hie_mask_padding=True, refine_fused=True,
-                 separate_ffn=True, lambda_fa=0.01, fa_temperature=0.2, fa_mask_padding=True,
+                 hie=True, fa=True, num_bases=16, hie_from_layer=0, hie_causal=True, hie_mask_padding=True,
+                 refine_fused=True, separate_ffn=True, lambda_fa=0.01, fa_temperature=0.2, fa_mask_padding=True,
                  attribute_dropout=0.0, **kwargs):
         super().__init__(num_items, hidden_size, max_seq_len, field_vocab_sizes, field_max_tokens,
                          attribute_pooling, init_std, uses_attributes=True, **kwargs)
         self._cfg = dict(num_layers=num_layers, num_heads=num_heads, inner_size=inner_size, dropout=dropout,
                          attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps, fusion=fusion,
                          rsa=rsa, up=up, hie=hie, fa=fa, num_bases=num_bases, hie_from_layer=hie_from_layer,
-                         hie_causal=hie_causal,
-                         hie_mask_padding=hie_mask_padding, refine_fused=refine_fused, separate_ffn=separate_ffn,
-                         lambda_fa=lambda_fa, fa_temperature=fa_temperature, fa_mask_padding=fa_mask_padding,
-                         attribute_dropout=attribute_dropout)
+                         hie_causal=hie_causal, hie_mask_padding=hie_mask_padding, refine_fused=refine_fused,
+                         separate_ffn=separate_ffn, lambda_fa=lambda_fa, fa_temperature=fa_temperature,
+                         fa_mask_padding=fa_mask_padding, attribute_dropout=attribute_dropout)
         self.up, self.fa = up, fa and lambda_fa > 0
         self.lambda_fa, self.fa_temperature, self.fa_mask_padding = lambda_fa, fa_temperature, fa_mask_padding
         self.uses_fused = rsa or hie

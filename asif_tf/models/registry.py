@@ -36,8 +36,9 @@ def _asif(cfg: ExperimentConfig, info: DatasetInfo) -> SequenceEncoder:
     return ASIFEncoder(**common_kwargs(cfg, info), num_layers=m.num_layers, num_heads=m.num_heads,
                        inner_size=m.inner_size, dropout=m.dropout, attention_dropout=m.attention_dropout,
                        layer_norm_eps=m.layer_norm_eps, fusion=m.fusion, rsa=m.rsa, up=m.up, hie=m.hie, fa=m.fa,
-                       num_bases=m.num_bases, hie_from_layer=m.hie_from_layer, hie_causal=m.hie_causal, hie_mask_padding=m.hie_mask_padding,
-                       refine_fused=m.refine_fused, separate_ffn=m.separate_ffn, lambda_fa=m.lambda_fa,
+                       num_bases=m.num_bases, hie_from_layer=m.hie_from_layer, hie_causal=m.hie_causal,
+                       hie_mask_padding=m.hie_mask_padding, refine_fused=m.refine_fused,
+                       separate_ffn=m.separate_ffn, lambda_fa=m.lambda_fa,
                        fa_temperature=m.fa_temperature, fa_mask_padding=m.fa_mask_padding,
                        attribute_dropout=m.attribute_dropout, name="encoder")
 
