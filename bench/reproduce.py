@@ -389,6 +389,18 @@ def summarize(metrics: dict, cfg: ExperimentConfig, run_dir: pathlib.Path) -> di
             "run_dir": str(run_dir), "model_config": dataclasses.asdict(cfg.model)}
 
 
+def sweep_points(runs: dict, default_values: Sequence) -> List[dict]:
+    """The swept runs of a results file (those with a ``value``), each with its ``key``, in plot order:
+    numbers ascending, other values (booleans, names) in the sweep's default order, values outside it last."""
+    def order(point):
+        value = point["value"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (0, value, 0, "")
+        rank = default_values.index(value) if value in default_values else len(default_values)
+        return (1, 0, rank, str(value))
+    return sorted((dict(run, key=key) for key, run in runs.items() if "value" in run), key=order)
+
+
 class ResultFile:
     """A JSON results file rewritten (atomically) after every finished run.
 
@@ -414,11 +426,13 @@ class ResultFile:
             self.data["runs"][key] = summary
             self._write()
 
-    def set_fields(self, **fields) -> None:
-        """Sets top-level fields, merged like ``add`` (runs other processes wrote are kept)."""
+    def set_sweep_points(self, swept: str, default_values: Sequence) -> None:
+        """Sets ``points`` (what ``plot_sweep`` plots) from every swept run in the file, merged like
+        ``add``: parallel sweep invocations (one value each) then all land in the plot, whichever
+        finishes last, instead of each one writing only its own values."""
         with self._locked():
             self.data = self._read()
-            self.data.update(fields)
+            self.data.update(points=sweep_points(self.data["runs"], default_values), swept=swept)
             self._write()
 
     def _write(self) -> None:
@@ -826,8 +840,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _LOG.info("[%s %s] %s: test %s", ds.name, out_label, key,
                       "  ".join(f"{SHORT[m]} {summary['test'][m]:.4f}" for m in METRICS))
         if args.sweep:
-            results.set_fields(points=[dict(results.data["runs"][k], key=k) for k, _, _ in plan],
-                               swept=SWEEPS[args.sweep][0])
+            results.set_sweep_points(*SWEEPS[args.sweep])
             png = plot_sweep(results.path, args.sweep)
             _LOG.info("sweep %s on %s: %s%s", args.sweep, ds.name, results.path, f", {png}" if png else "")
         curves = plot_curves(results.path)

@@ -170,6 +170,29 @@ def test_result_file_merges_runs_of_concurrent_processes(tmp_path):
     assert runs["2-14"] == {"value": 14}
 
 
+def test_sweep_points_cover_every_invocations_values(tmp_path):
+    """Two sweep invocations run in parallel, one value each: whichever writes the points last,
+    the points (what the sweep plot draws) are every swept run in the file, in the sweep's order."""
+    reproduce = load_reproduce()
+    path = tmp_path / "mini-cpu-sweep-r.json"
+    first, second = (reproduce.ResultFile(path, {"dataset": "mini"}) for _ in range(2))
+    first.add("num_bases=16", {"value": 16, "test": {"ndcg@20": 0.1}})
+    second.add("num_bases=2", {"value": 2, "test": {"ndcg@20": 0.2}})
+    second.add("num_bases=64", {"value": 64, "test": {"ndcg@20": 0.3}})
+    first.set_sweep_points(*reproduce.SWEEPS["r"])      # first never read second's runs itself
+    saved = json.loads(path.read_text())
+    assert [(p["key"], p["value"]) for p in saved["points"]] == \
+        [("num_bases=2", 2), ("num_bases=16", 16), ("num_bases=64", 64)]
+    assert saved["swept"] == "num_bases" and saved["points"][2]["test"] == {"ndcg@20": 0.3}
+    # Values that are not numbers follow the sweep's default order; unknown ones come last.
+    runs = {"fusion=gate": {"value": "gate"}, "other": {"note": "no value"}, "fusion=sum": {"value": "sum"},
+            "fusion=new": {"value": "new"}}
+    assert [p["key"] for p in reproduce.sweep_points(runs, ("sum", "concat", "gate"))] == \
+        ["fusion=sum", "fusion=gate", "fusion=new"]
+    assert [p["value"] for p in reproduce.sweep_points(
+        {"a": {"value": False}, "b": {"value": True}}, (True, False))] == [True, False]
+
+
 def test_sweep_values_parse_booleans_and_numbers():
     reproduce = load_reproduce()
     assert reproduce.parse_sweep_values("true,False,1,0", bool) == (True, False, True, False)
