@@ -59,7 +59,7 @@ class HIERecorder:
     def __init__(self, encoder, edges: Sequence[int] = PREFIX_EDGES):
         blocks = getattr(encoder, "blocks", None)
         if blocks is None:
-            raise ValueError(f"{type(encoder).__name__} has no ASIF layers: HIE norms need an ASIF run")
+            raise ValueError(f"{type(encoder).__name__} has no layers: HIE norms need an ASIF encoder")
         self.edges = np.asarray(edges)
         self.layers = {i: block.hie for i, block in enumerate(blocks) if getattr(block, "hie", None) is not None}
         groups = len(edges) + 1
@@ -108,12 +108,14 @@ def hie_norms(run_dir: str, split: str = "valid", checkpoint: str = "best", max_
     from asif_tf import export
     from asif_tf.data import input as data_input
     cfg = export.load_run_config(run_dir)
+    if cfg.model.model != "asif":
+        raise ValueError(f"{run_dir} is a {cfg.model.model} run: HIE norms need an ASIF run")
+    if not cfg.model.hie:
+        raise ValueError(f"{run_dir}: the model has no layer with HIE (hie=False)")
     info = data_input.load_dataset_info(cfg.data.data_dir, cfg.data.attribute_field_list())
     tf.keras.backend.clear_session()
     model, path = export.restore_model(run_dir, cfg, info, checkpoint)
     recorder = HIERecorder(model.encoder)
-    if not recorder.layers:
-        raise ValueError(f"{run_dir}: the model has no layer with HIE (hie=False)")
     users = 0
     for batch in data_input.eval_dataset(cfg.data.data_dir, split, cfg.train.eval_batch_size,
                                          cfg.data.max_seq_len, bucket=False):

@@ -1,6 +1,7 @@
 """bench/hie_norms.py: the per-position statistics against a position-by-position recomputation,
 and a trained run whose HIE is only observed."""
 import json
+import pathlib
 import types
 
 import numpy as np
@@ -83,3 +84,13 @@ def test_a_trained_run_is_only_observed(tmp_path, capsys):
     np.testing.assert_allclose(model(histories[0], training=False).numpy(), before, rtol=1e-6)
     with pytest.raises(SystemExit, match="expected a positive number"):
         hie_norms.main([run_dir, "--max_users", "0"])
+    # Runs without HIE are named, before any model is built.
+    saved_config = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    for name, change, message in (("nohie", {"hie": False}, "no layer with HIE"),
+                                  ("sasrec", {"model": "sasrec"}, "is a sasrec run")):
+        other = tmp_path / name
+        other.mkdir()
+        config = dict(saved_config, model=dict(saved_config["model"], **change))
+        (other / "config.json").write_text(json.dumps(config))
+        with pytest.raises(SystemExit, match=message):
+            hie_norms.main([str(other)])
