@@ -23,7 +23,6 @@ numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -36,16 +35,15 @@ if str(REPO) not in sys.path:
 from asif_tf import _env  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np  # noqa: E402
 
-# Prefix-length groups (inclusive lower bounds; the last is open-ended), as bench/breakdown.py's.
-PREFIX_EDGES = (1, 4, 8, 16, 32)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# a sibling script, not a package: its history-length groups serve as prefix-length groups here
+from breakdown import LENGTH_EDGES, assign_bins, bin_labels, check_run_dirs, emit  # noqa: E402
+
 STATS = ("item_norm", "injected_norm", "ratio", "cosine", "fused_norm")
 
 
-def prefix_group_labels(edges: Sequence[int] = PREFIX_EDGES) -> List[str]:
-    labels = []
-    for lo, hi in zip(edges, list(edges[1:]) + [None]):
-        labels.append(f">= {lo}" if hi is None else (f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}"))
-    return labels
+def prefix_group_labels(edges: Sequence[int] = LENGTH_EDGES) -> List[str]:
+    return bin_labels(edges, "prefix length")
 
 
 class HIERecorder:
@@ -56,7 +54,7 @@ class HIERecorder:
     the statistics are read as numpy values.
     """
 
-    def __init__(self, encoder, edges: Sequence[int] = PREFIX_EDGES):
+    def __init__(self, encoder, edges: Sequence[int] = LENGTH_EDGES):
         blocks = getattr(encoder, "blocks", None)
         if blocks is None:
             raise ValueError(f"{type(encoder).__name__} has no layers: HIE norms need an ASIF encoder")
@@ -88,7 +86,7 @@ class HIERecorder:
             "fused_norm": np.linalg.norm(fused, axis=-1),
         }
         prefix = np.cumsum(valid, axis=1)                                          # [b, n] items seen at t
-        group = np.searchsorted(self.edges, prefix, side="right") - 1              # [b, n]
+        group = assign_bins(prefix, self.edges)                                   # [b, n]
         for g in range(len(self.edges) + 1):
             # the last slot is every real position
             mask = valid if g == len(self.edges) else valid & (group == g)
@@ -137,7 +135,7 @@ def markdown(results: Sequence[dict]) -> str:
     for result in results:
         lines += [f"**{result['run_dir']}** ({result['split']}, {result['users']} users, r = {result['num_bases']}; "
                   f"{os.path.basename(result['checkpoint'])})", "",
-                  "| layer | prefix length | positions | " + " | ".join(
+                  "| layer | group | positions | " + " | ".join(
                       ("norm E'", "norm inj", "inj / E'", "cos", "norm F'")) + " |",
                   "|---|---|---|---|---|---|---|---|"]
         for layer, means in result["layers"].items():
@@ -168,16 +166,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_users is not None and args.max_users < 1:
         raise SystemExit(f"error: --max_users {args.max_users}: expected a positive number of users")
-    for run_dir in args.run_dirs:
-        if not os.path.exists(os.path.join(run_dir, "config.json")):
-            raise SystemExit(f"error: {run_dir}: no config.json; expected a run directory of asif_tf.train")
+    check_run_dirs(args.run_dirs)
     try:
         results = [hie_norms(d, args.split, args.checkpoint, args.max_users) for d in args.run_dirs]
     except ValueError as err:
         raise SystemExit(f"error: {err}")
-    print(markdown(results))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    emit(markdown(results), results, args.json)
     return 0
 
 

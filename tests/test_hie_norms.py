@@ -29,7 +29,9 @@ def test_recorded_means_match_a_position_by_position_recomputation():
     assert list(recorder.layers) == [1]
     out = hie(item, fused, tf.constant(valid)).numpy()
     e, f = item.numpy().astype(np.float64), fused.numpy().astype(np.float64)
-    rows = {g: [] for g in hie_norms.prefix_group_labels() + ["all"]}
+    labels = hie_norms.prefix_group_labels() + ["all"]
+    assert labels[:3] == ["prefix length 1-3", "prefix length 4-7", "prefix length 8-15"]
+    rows = {g: [] for g in labels}
     for b, k in enumerate(lengths):
         for t in range(k):
             inj = out[b, t].astype(np.float64) - e[b, t]
@@ -37,11 +39,11 @@ def test_recorded_means_match_a_position_by_position_recomputation():
             cosine = (e[b, t] @ inj) / np.sqrt((e[b, t] @ e[b, t]) * (inj @ inj)) if inj @ inj > 0 else 0.0
             values = (np.sqrt(e[b, t] @ e[b, t]), np.sqrt(inj @ inj), np.sqrt(inj @ inj) / np.sqrt(e[b, t] @ e[b, t]),
                       cosine, np.sqrt(f[b, t] @ f[b, t]))
-            group = "1-3" if t + 1 < 4 else "4-7" if t + 1 < 8 else "8-15"
+            group = labels[0 if t + 1 < 4 else 1 if t + 1 < 8 else 2]
             rows[group].append(values)
             rows["all"].append(values)
     means = recorder.means()[1]
-    for g, label in enumerate(hie_norms.prefix_group_labels() + ["all"]):
+    for g, label in enumerate(labels):
         assert recorder.counts[1][g] == len(rows[label])
         for s, stat in enumerate(hie_norms.STATS):
             if rows[label]:
