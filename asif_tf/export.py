@@ -34,6 +34,7 @@ passes over block maxima for catalogues over 2,048 items, same result, see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -347,6 +348,35 @@ def restore_model(run_dir: str, cfg: ExperimentConfig, info, which: str = "best"
     return model, path
 
 
+@dataclasses.dataclass
+class RestoredRun:
+    """A trained run brought back for evaluation or export (see ``restore_run``)."""
+    cfg: ExperimentConfig
+    data_dir: str        # the dataset directory the run reads (the built-in one resolved)
+    info: object         # asif_tf.data.input.DatasetInfo of data_dir, with the run's attribute fields
+    model: tf.keras.Model
+    checkpoint: str      # path of the checkpoint whose weights the model holds
+
+
+def restore_run(run_dir: str, which: str = "best", cfg: Optional[ExperimentConfig] = None,
+                data_dir: Optional[str] = None) -> RestoredRun:
+    """The run in ``run_dir`` rebuilt from its config.json and dataset, with the weights of its best
+    (``which="best"``) or last (``"last"``) checkpoint, in a fresh Keras session.
+
+    ``cfg``: the run's config if the caller has already read it (to check it before the dataset is
+    read and the model built). ``data_dir`` overrides the dataset directory the config names.
+    """
+    from asif_tf.data import input as data_input
+    from asif_tf.data.builtin import ensure_builtin_dataset
+    cfg = cfg or load_run_config(run_dir)
+    data_dir = data_dir or cfg.data.data_dir or ensure_builtin_dataset(cfg.data.builtin_dir)
+    info = data_input.load_dataset_info(data_dir, cfg.data.attribute_field_list())
+    # A script may restore several runs one after another: free the earlier models' graph state.
+    tf.keras.backend.clear_session()
+    model, path = restore_model(run_dir, cfg, info, which)
+    return RestoredRun(cfg=cfg, data_dir=data_dir, info=info, model=model, checkpoint=path)
+
+
 def export_run(run_dir: str, export_dir: str, model=None, info=None, cfg: Optional[ExperimentConfig] = None,
                model_name: str = DEFAULT_MODEL_NAME, k: int = DEFAULT_K, keep_seen: bool = False,
                data_dir: Optional[str] = None) -> str:
@@ -362,11 +392,11 @@ def export_run(run_dir: str, export_dir: str, model=None, info=None, cfg: Option
     cfg = cfg or load_run_config(run_dir)
     data_dir = data_dir or cfg.data.data_dir or ensure_builtin_dataset(cfg.data.builtin_dir)
     checkpoint = "in-memory model"
-    if info is None:
-        fields = cfg.data.attribute_field_list()
-        info = data_input.load_dataset_info(data_dir, fields)
     if model is None:
-        model, checkpoint = restore_model(run_dir, cfg, info)
+        restored = restore_run(run_dir, cfg=cfg, data_dir=data_dir)
+        model, info, checkpoint = restored.model, restored.info, restored.checkpoint
+    elif info is None:
+        info = data_input.load_dataset_info(data_dir, cfg.data.attribute_field_list())
     path = export_model(model, data_dir, info.item_counts, export_dir, max_seq_len=cfg.data.max_seq_len,
                         model_name=model_name, k=k, keep_seen=keep_seen,
                         extra_info={"run_dir": os.path.abspath(run_dir), "model": cfg.model.model,

@@ -79,21 +79,18 @@ def ranked_users(run_dir: str, split: str, checkpoint: str = "best"
     from asif_tf import export
     from asif_tf import metrics as ranking
     from asif_tf.data import input as data_input
-    cfg = export.load_run_config(run_dir)
-    fields = cfg.data.attribute_field_list()
-    info = data_input.load_dataset_info(cfg.data.data_dir, fields)
-    tf.keras.backend.clear_session()
-    model, _ = export.restore_model(run_dir, cfg, info, checkpoint)
+    run = export.restore_run(run_dir, checkpoint)
+    cfg, model = run.cfg, run.model
     items = model.item_embeddings()
     lengths, targets, ranks = [], [], []
     # No bucketing: the users come in file order, the same for every run of the dataset.
-    for batch in data_input.eval_dataset(cfg.data.data_dir, split, cfg.train.eval_batch_size,
+    for batch in data_input.eval_dataset(run.data_dir, split, cfg.train.eval_batch_size,
                                          cfg.data.max_seq_len, bucket=False):
         history = batch["history"]
         ranks.append(ranking.full_ranking_ranks(model(history, training=False), items, batch["target"]).numpy())
         lengths.append(tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1).numpy())
         targets.append(batch["target"].numpy())
-    return np.concatenate(lengths), np.concatenate(targets), np.concatenate(ranks), cfg.data.data_dir
+    return np.concatenate(lengths), np.concatenate(targets), np.concatenate(ranks), run.data_dir
 
 
 def per_user_metrics(ranks: np.ndarray) -> Dict[str, np.ndarray]:

@@ -102,7 +102,6 @@ class HIERecorder:
 
 def hie_norms(run_dir: str, split: str = "valid", checkpoint: str = "best", max_users: Optional[int] = None) -> dict:
     """The HIE statistics of one run (see the module docstring)."""
-    import tensorflow as tf
     from asif_tf import export
     from asif_tf.data import input as data_input
     cfg = export.load_run_config(run_dir)
@@ -110,12 +109,11 @@ def hie_norms(run_dir: str, split: str = "valid", checkpoint: str = "best", max_
         raise ValueError(f"{run_dir} is a {cfg.model.model} run: HIE norms need an ASIF run")
     if not cfg.model.hie:
         raise ValueError(f"{run_dir}: the model has no layer with HIE (hie=False)")
-    info = data_input.load_dataset_info(cfg.data.data_dir, cfg.data.attribute_field_list())
-    tf.keras.backend.clear_session()
-    model, path = export.restore_model(run_dir, cfg, info, checkpoint)
+    run = export.restore_run(run_dir, checkpoint, cfg=cfg)
+    model, path = run.model, run.checkpoint
     recorder = HIERecorder(model.encoder)
     users = 0
-    for batch in data_input.eval_dataset(cfg.data.data_dir, split, cfg.train.eval_batch_size,
+    for batch in data_input.eval_dataset(run.data_dir, split, cfg.train.eval_batch_size,
                                          cfg.data.max_seq_len, bucket=False):
         history = batch["history"]
         if max_users is not None:

@@ -45,20 +45,18 @@ def run_fit(run_dir: str, which: str) -> Dict[str, float]:
     from asif_tf import export
     from asif_tf.data import input as data_input
     from asif_tf.models.retrieval import last_position_vectors
-    cfg = export.load_run_config(run_dir)
-    info = data_input.load_dataset_info(cfg.data.data_dir, cfg.data.attribute_field_list())
-    tf.keras.backend.clear_session()
-    model, path = export.restore_model(run_dir, cfg, info, which)
+    run = export.restore_run(run_dir, which)
+    cfg, model, path = run.cfg, run.model, run.checkpoint
     items = model.item_embeddings()
     total, count = 0.0, 0
-    for batch in data_input.train_dataset(cfg.data.data_dir, cfg.train.eval_batch_size, cfg.data.max_seq_len,
+    for batch in data_input.train_dataset(run.data_dir, cfg.train.eval_batch_size, cfg.data.max_seq_len,
                                           "sequence", bucket=True, shuffle=False):
         out = model.encoder(batch["history"], training=False, labels=batch["labels"])
         mask = batch["labels"] > 0
         s, n = _cross_entropy(tf.boolean_mask(out["sequence"], mask), tf.boolean_mask(batch["labels"], mask), items)
         total, count = total + s, count + n
     v_total, v_count = 0.0, 0
-    for batch in data_input.eval_dataset(cfg.data.data_dir, "valid", cfg.train.eval_batch_size,
+    for batch in data_input.eval_dataset(run.data_dir, "valid", cfg.train.eval_batch_size,
                                          cfg.data.max_seq_len, bucket=True):
         vectors = last_position_vectors(model.encoder(batch["history"], training=False)["sequence"],
                                         batch["history"])

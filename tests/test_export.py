@@ -237,3 +237,28 @@ def test_exact_top_k_equals_plain_top_k(n, k, chunk):
     np.testing.assert_array_equal(got_ids.numpy()[finite], want_ids.numpy()[finite])
     # Rows by numpy: values are the k largest.
     np.testing.assert_array_equal(got_values.numpy(), -np.sort(-scores, axis=1)[:, :k])
+
+
+def test_restore_run_brings_back_the_saved_weights(exported, tmp_path):
+    """restore_run rebuilds the run from its config.json and dataset: same weights as the model that
+    was saved, same scores; the dataset directory can be overridden (a moved run)."""
+    history = tf.constant([[3, 7, 1, 0], [12, 0, 0, 0]], tf.int64)
+    want = exported["model"](history, training=False).numpy()
+    want_weights = [w.numpy() for w in exported["model"].weights]
+    run = export.restore_run(exported["run_dir"])
+    assert run.data_dir == exported["data_dir"] and run.cfg.model.model == exported["cfg"].model.model
+    assert run.checkpoint == os.path.join(exported["run_dir"], "best", "ckpt-1")
+    assert run.info.num_items == NUM_ITEMS
+    got_weights = [w.numpy() for w in run.model.weights]
+    assert len(got_weights) == len(want_weights)
+    for got, wanted in zip(got_weights, want_weights):
+        np.testing.assert_array_equal(got, wanted)
+    np.testing.assert_allclose(run.model(history, training=False).numpy(), want, rtol=1e-6, atol=1e-6)
+    # A copy of the dataset elsewhere: read from there, not from the path in config.json.
+    import shutil
+    moved = str(tmp_path / "moved")
+    shutil.copytree(exported["data_dir"], moved)
+    assert export.restore_run(exported["run_dir"], data_dir=moved).data_dir == moved
+    # The run has no per-epoch checkpoints, only best/.
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        export.restore_run(exported["run_dir"], "last")
