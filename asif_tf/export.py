@@ -40,7 +40,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 from asif_tf import _env  # noqa: F401
 import numpy as np
@@ -49,6 +49,9 @@ import tensorflow as tf
 from asif_tf.cli import HelpFormatter
 from asif_tf.config import ExperimentConfig
 from asif_tf.data import schema
+
+if TYPE_CHECKING:   # for annotations only; the input pipeline is imported where it is used
+    from asif_tf.data.input import DatasetInfo
 
 SERVING_SIGNATURE = "serving_default"
 EMBEDDING_SIGNATURE = "user_embedding"
@@ -353,7 +356,7 @@ class RestoredRun:
     """A trained run brought back for evaluation or export (see ``restore_run``)."""
     cfg: ExperimentConfig
     data_dir: str        # the dataset directory the run reads (the built-in one resolved)
-    info: object         # asif_tf.data.input.DatasetInfo of data_dir, with the run's attribute fields
+    info: DatasetInfo    # of data_dir, with the run's attribute fields
     model: tf.keras.Model
     checkpoint: str      # path of the checkpoint whose weights the model holds
 
