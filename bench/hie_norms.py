@@ -67,7 +67,9 @@ class HIERecorder:
             hie.call = self._observing(i, hie.call)
 
     def _observing(self, layer: int, call):
-        def observed(item, fused, valid):
+        def observed(item, fused, valid, rows=None):
+            if rows is not None:          # a last-position-only pass (the model's own call): not recorded
+                return call(item, fused, valid, rows=rows)
             out = call(item, fused, valid)
             self.add(layer, np.asarray(item, np.float64), np.asarray(out, np.float64) - np.asarray(item, np.float64),
                      np.asarray(fused, np.float64), np.asarray(valid) > 0)
@@ -118,7 +120,8 @@ def hie_norms(run_dir: str, split: str = "valid", checkpoint: str = "best", max_
         history = batch["history"]
         if max_users is not None:
             history = history[:max_users - users]
-        model(history, training=False)
+        # The full pass: the model's own call computes the last layer at the last item only.
+        model.encoder(history, training=False)
         users += int(history.shape[0])
         if max_users is not None and users >= max_users:
             break

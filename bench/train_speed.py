@@ -43,6 +43,7 @@ cfg = ExperimentConfig()
 for k, v in args["model"].items():
     setattr(cfg.model, k, v)
 cfg.train.batch_size = args["batch_size"]
+cfg.train.training_samples = args["samples"]     # prefix: the loss reads the last position only
 tf.keras.utils.set_random_seed(0)
 info = di.load_dataset_info(args["data"])
 model = registry.build_model(cfg, info)

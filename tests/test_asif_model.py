@@ -310,3 +310,54 @@ def test_attribute_dropout_drops_a_before_fusion_only(training):
     x = enc.item_embedding(h).numpy()
     a = attrs.sum(axis=2)
     assert aux == pytest.approx(0.3 * numpy_fa(x, a, (h.numpy() > 0), 0.2), rel=1e-4)
+
+
+LAST_ONLY_CASES = [{}, {"hie_causal": False}, {"hie_causal": False, "hie_mask_padding": False}, {"hie": False},
+                   {"rsa": False}, {"up": False}, {"hie_from_layer": 1}, {"hie_from_layer": 2},
+                   {"refine_fused": False}, {"separate_ffn": False}, {"num_layers": 1}, {"fusion": "gate"}]
+
+
+@pytest.mark.parametrize("overrides", LAST_ONLY_CASES)
+def test_last_only_path_equals_the_full_sequence_at_the_last_item(overrides):
+    # encode_last computes the last layer at one position (HIE factorised once per sequence);
+    # it must give what the full n-position pass gives there, up to float32 rounding (the two
+    # build the same r x r Gram matrix in different orders; a history of exactly r items makes
+    # it ill-conditioned, which is where the largest difference, ~6e-5, was seen).
+    model, _ = build(num_bases=3, **overrides)
+    h = histories([8, 5, 1, 2, 3, 7])
+    want = sequence_out(model, h)[np.arange(len(h)), np.maximum((h > 0).sum(1) - 1, 0)]
+    got = model.encoder.encode_last(tf.constant(h), training=False)["last"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4)
+    np.testing.assert_allclose(model(tf.constant(h)).numpy(), want, rtol=1e-3, atol=2e-4)
+
+
+def test_hie_at_rows_equals_hie_at_every_position():
+    from asif_tf.layers.hie import HomogeneousInformationExtraction
+    rng = np.random.default_rng(3)
+    e = tf.constant(rng.normal(size=(4, 6, 8)), tf.float32)
+    f = tf.constant(rng.normal(size=(4, 6, 8)), tf.float32)
+    valid = tf.constant((histories([6, 4, 2, 5], n=6) > 0).astype(np.float32))
+    for causal in (True, False):
+        hie = HomogeneousInformationExtraction(num_bases=3, max_seq_len=6, causal=causal)
+        full = hie(e, f, valid).numpy()
+        for row in range(6):       # every row, not only the last real one: rows=any position works
+            rows = tf.fill([4], row)
+            got = hie(e, tf.gather(f, rows[:, None], batch_dims=1), valid, rows=rows).numpy()[:, 0]
+            np.testing.assert_allclose(got, full[:, row], rtol=1e-3, atol=2e-4)
+
+
+def test_prefix_loss_on_the_last_position_equals_the_full_pass():
+    model, cfg = build()
+    h = histories([8, 5, 1, 3])
+    labels = np.zeros_like(h)
+    last = np.maximum((h > 0).sum(1) - 1, 0)
+    labels[np.arange(len(h)), last] = [4, 9, 17, 30]
+    batch = {"history": tf.constant(h), "labels": tf.constant(labels)}
+    want = [t.numpy() for t in model.loss_terms(batch, training=False)]
+    model.last_position_loss = True
+    got = [t.numpy() for t in model.loss_terms(batch, training=False)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # One-sequence batches (labels at every position) are refused rather than cut to their last label.
+    labels[0, :3] = [2, 3, 4]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="last_position_loss"):
+        model.loss_terms({"history": tf.constant(h), "labels": tf.constant(labels)}, training=False)

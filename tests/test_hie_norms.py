@@ -82,8 +82,14 @@ def test_a_trained_run_is_only_observed(tmp_path, capsys):
                                                                bucket=False)]
     assert result["positions"]["1"][-1] == sum(int(tf.reduce_sum(tf.cast(h > 0, tf.int32))) for h in histories)
     before = model(histories[0], training=False).numpy()
-    hie_norms.HIERecorder(model.encoder)
+    before_sequence = model.encoder(histories[0], training=False)["sequence"].numpy()
+    recorder = hie_norms.HIERecorder(model.encoder)
+    # Observed (the full pass, which the recorder reads) and not (the model's last-position pass).
+    np.testing.assert_allclose(model.encoder(histories[0], training=False)["sequence"].numpy(), before_sequence,
+                               rtol=1e-6)
+    assert recorder.counts[1][-1] == int(tf.reduce_sum(tf.cast(histories[0] > 0, tf.int32)))
     np.testing.assert_allclose(model(histories[0], training=False).numpy(), before, rtol=1e-6)
+    assert recorder.counts[1][-1] == int(tf.reduce_sum(tf.cast(histories[0] > 0, tf.int32)))
     with pytest.raises(SystemExit, match="expected a positive number"):
         hie_norms.main([run_dir, "--max_users", "0"])
     # Runs without HIE are named, before any model is built.

@@ -26,7 +26,11 @@ class ASIFLayer(tf.keras.layers.Layer):
     Call: item float [b, n, d]; fused float [b, n, d] or None (needed with rsa or hie);
     position float [1, n, d] or None (needed with up: P is the same for every sequence);
     valid float [b, n] (1 = real item). Returns the three updated streams. A layer built
-    with ``last=True`` skips the work whose result nothing reads (the F and P updates).
+    with ``last=True`` skips the work whose result nothing reads (the F and P updates); given
+    ``rows`` int [b] as well (one position per sequence, e.g. the last real item), it computes
+    the item stream only there and returns only it, float [b, 1, d]: F', HIE and the
+    feed-forward block for one position instead of n (E' is still needed everywhere when
+    HIE builds its basis from it).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, inner_size: int, dropout: float = 0.5,
@@ -65,14 +69,14 @@ class ASIFLayer(tf.keras.layers.Layer):
         self.position_ffn = (shared or PointwiseFeedForward(**ffn, name="position_ffn")) \
             if (up and not last) else None
 
-    def call(self, item, fused, position, valid, training=None):
+    def call(self, item, fused, position, valid, training=None, rows=None):
+        if rows is not None:
+            if not self.last:
+                raise ValueError(f"{self.name}: rows= is only for the last layer (the layers above read every position)")
+            return self._last_rows(item, fused, position, valid, rows, training)
         n = tf.shape(item)[1]
         mask = causal_mask(n, item.dtype)
-        s_f = self.fused_scores(fused) if self.fused_scores is not None else None
-        s_p = self.position_scores(position) if self.up else None                  # [1, h, n, n]
-        s_item = s_f if self.rsa else self.item_scores(item)
-        if s_p is not None:
-            s_item = s_item + s_p
+        s_item, s_f, s_p = self._scores(item, fused, position)
         new_item = self.item_attention(s_item, item, mask, training=training)
         new_fused = self.fused_attention(s_f, fused, mask, training=training) if self.refine_fused else fused
         if self.hie is not None:
@@ -87,6 +91,41 @@ class ASIFLayer(tf.keras.layers.Layer):
             new_position = self.position_ffn(self.position_attention(s_p, position, mask, training=training),
                                              training=training)
         return new_item, new_fused, new_position
+
+    def _scores(self, item, fused, position):
+        """Unscaled scores (item stream, fused stream or None, position stream or None):
+        float [b, h, n, n], [b, h, n, n], [1, h, n, n]."""
+        s_f = self.fused_scores(fused) if self.fused_scores is not None else None
+        s_p = self.position_scores(position) if self.up else None
+        s_item = s_f if self.rsa else self.item_scores(item)
+        if s_p is not None:
+            s_item = s_item + s_p
+        return s_item, s_f, s_p
+
+    def _last_rows(self, item, fused, position, valid, rows, training):
+        """The last layer's item stream at one position per sequence: float [b, 1, d]."""
+        n = tf.shape(item)[1]
+        at_rows = rows[:, tf.newaxis]                                              # [b, 1]
+
+        def score_rows(scores):                                  # [b|1, h, n, n] -> [b, h, 1, n]
+            scores = tf.broadcast_to(scores, tf.concat([tf.shape(item)[:1], tf.shape(scores)[1:]], 0))
+            return tf.gather(scores, at_rows, axis=2, batch_dims=1)
+
+        mask = score_rows(causal_mask(n, item.dtype))                              # [b, 1, 1, n]
+        s_item, s_f, _ = self._scores(item, fused, position)
+        if self.hie is None:
+            new_item = self.item_attention(score_rows(s_item), item, mask, training=training,
+                                           residual=tf.gather(item, at_rows, batch_dims=1))
+        else:
+            # HIE's basis reads E' at every position up to the row; F' only at the row.
+            new_item = self.item_attention(s_item, item, causal_mask(n, item.dtype), training=training)
+            if self.refine_fused:
+                new_fused = self.fused_attention(score_rows(s_f), fused, mask, training=training,
+                                                 residual=tf.gather(fused, at_rows, batch_dims=1))
+            else:
+                new_fused = tf.gather(fused, at_rows, batch_dims=1)
+            new_item = self.hie(new_item, new_fused, valid, rows=rows)
+        return self.item_ffn(new_item, training=training)
 
     def get_config(self):
         return {**super().get_config(), **self._cfg}

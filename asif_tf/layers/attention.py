@@ -56,8 +56,10 @@ class ScoreProjection(tf.keras.layers.Layer):
 class AttentionOutput(tf.keras.layers.Layer):
     """Attn(S, X) = LayerNorm(X + Dropout(Wo · AttnDropout(softmax(S / sqrt(dh) + M)) · (X Wv))).
 
-    Call: scores float [b or 1, h, n, n] (unscaled, summed over streams), x float [b, n, d],
-    mask float broadcastable to the scores -> float [b, n, d].
+    Call: scores float [b or 1, h, q, n] (unscaled, summed over streams), x float [b, n, d],
+    mask float broadcastable to the scores -> float [b, q, d]. Values always come from all n
+    positions of x; the residual is x itself (q = n) or, for q query rows only (e.g. the
+    last position), ``residual`` float [b, q, d], the rows of x the scores' rows belong to.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0, attention_dropout: float = 0.0,
@@ -72,7 +74,7 @@ class AttentionOutput(tf.keras.layers.Layer):
         self.dropout = tf.keras.layers.Dropout(dropout)
         self.norm = tf.keras.layers.LayerNormalization(epsilon=layer_norm_eps, name="norm")
 
-    def call(self, scores, x, mask, training=None):
+    def call(self, scores, x, mask, training=None, residual=None):
         dh = self.hidden_size // self.num_heads
         probs = tf.nn.softmax(scores / tf.cast(math.sqrt(dh), scores.dtype) + tf.cast(mask, scores.dtype), axis=-1)
         probs = self.attention_dropout(probs, training=training)
@@ -81,7 +83,8 @@ class AttentionOutput(tf.keras.layers.Layer):
         context = tf.transpose(context, [0, 2, 1, 3])
         shape = tf.shape(context)
         context = tf.reshape(context, [shape[0], shape[1], self.hidden_size])
-        return self.norm(x + self.dropout(self.output_dense(context), training=training))
+        residual = x if residual is None else residual
+        return self.norm(residual + self.dropout(self.output_dense(context), training=training))
 
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads,

@@ -35,7 +35,14 @@ import tensorflow as tf
 @tf.keras.utils.register_keras_serializable(package="asif")
 class HomogeneousInformationExtraction(tf.keras.layers.Layer):
     """Call: item E' float [b, n, d], fused F' float [b, n, d], valid float [b, n] (1 = real item)
-    -> E'' float [b, n, d]."""
+    -> E'' float [b, n, d].
+
+    With ``rows`` int [b] (one position per sequence, e.g. its last real item), only that
+    position is computed: fused is F' at those rows, float [b, 1, d], and the result is E''
+    there, float [b, 1, d]; item E' is still needed at every position (the basis is built
+    from all of them). This does the r x r factorisation once per sequence instead of once
+    per position, for models that read only the last position (prefix training, evaluation,
+    serving)."""
 
     def __init__(self, num_bases: int = 16, max_seq_len: int = 50, causal: bool = True,
                  mask_padding: bool = True, ridge: float = 1e-5, **kwargs):
@@ -46,7 +53,9 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         self.bases = self.add_weight(name="position_bases", shape=(self.max_seq_len, self.num_bases),
                                      initializer=tf.keras.initializers.RandomNormal(stddev=1.0))
 
-    def call(self, item, fused, valid):
+    def call(self, item, fused, valid, rows=None):
+        if rows is not None:
+            return self._call_at_rows(item, fused, valid, rows)
         n = tf.shape(item)[1]
         w = tf.cast(self.bases[:n], tf.float32)                                    # [n, r]
         # Solves in float32 even under mixed precision: the Gram matrix squares the conditioning.
@@ -74,6 +83,27 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         # (keep*pA)_t Q_t^T = sum_i coef[t, i] (u_t . w_i) e_i
         injected = tf.matmul(coef * tf.matmul(u, w, transpose_b=True), e)          # [b, n, d]
         return item + tf.cast(injected, item.dtype)
+
+    def _call_at_rows(self, item, fused, valid, rows):
+        """E'' at one position per sequence: the same basis as ``call`` gives there (see the class)."""
+        n = tf.shape(item)[1]
+        w = tf.cast(self.bases[:n], tf.float32)                                    # [n, r]
+        e, f = tf.cast(item, tf.float32), tf.cast(fused[:, 0], tf.float32)        # [b, n, d], [b, d]
+        m = tf.cast(valid, tf.float32) if (self.mask_padding or self.causal) else tf.ones_like(valid, tf.float32)
+        if self.causal:
+            m = m * tf.cast(tf.range(n)[tf.newaxis] <= rows[:, tf.newaxis], tf.float32)  # positions i <= row
+        xr = tf.matmul(m[..., tf.newaxis] * w, e, transpose_a=True)               # [b, r, d] Xr
+        gram = tf.matmul(xr, xr, transpose_b=True)                                 # [b, r, r]
+        eye = tf.eye(self.num_bases)
+        scale = tf.linalg.trace(gram)[..., tf.newaxis, tf.newaxis] / self.num_bases
+        chol = tf.linalg.cholesky(gram + (self.ridge * scale + 1e-12) * eye)
+        e_row = tf.gather(e, rows, batch_dims=1)                                   # [b, d]
+        p_item = tf.linalg.triangular_solve(chol, tf.matmul(xr, e_row[..., tf.newaxis]), lower=True)  # [b, r, 1]
+        p_fused = tf.linalg.triangular_solve(chol, tf.matmul(xr, f[..., tf.newaxis]), lower=True)
+        keep = tf.stop_gradient(tf.cast(p_item * p_fused > 0, tf.float32))
+        u = tf.linalg.triangular_solve(chol, keep * p_fused, lower=True, adjoint=True)   # [b, r, 1]
+        injected = tf.matmul(u, xr, transpose_a=True)                              # [b, 1, d] u^T Xr
+        return tf.gather(item, rows[:, tf.newaxis], batch_dims=1) + tf.cast(injected, item.dtype)
 
     def _gram(self, k_ee, m, w):
         """G = Xr Xr^T: float [b, 1, r, r] (one basis per sequence) or [b, n, r, r] (causal)."""

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from asif_tf.layers.asif_layer import ASIFLayer
 from asif_tf.layers.fusion import Fusion
-from asif_tf.models.base import SequenceEncoder, valid_mask
+from asif_tf.models.base import SequenceEncoder, last_positions, valid_mask
 
 
 def feature_alignment_loss(item_emb, attr_emb, valid, temperature: float, mask_padding: bool = True):
@@ -33,7 +33,9 @@ def feature_alignment_loss(item_emb, attr_emb, valid, temperature: float, mask_p
 @tf.keras.utils.register_keras_serializable(package="asif")
 class ASIFEncoder(SequenceEncoder):
     """E0 = Dropout(LN(ItemEmb(seq))) (+ position without UP); A = attribute embedding;
-    F0 = gamma(E0, A); P0 = PosEmb(0..n-1); then L ASIF layers. Output: the item stream."""
+    F0 = gamma(E0, A); P0 = PosEmb(0..n-1); then L ASIF layers. Output: the item stream
+    (``call(..., last_only=True)``: only at the last real item, which the last layer then
+    computes for that one position; see ``SequenceEncoder.encode_last``)."""
 
     def __init__(self, num_items, hidden_size=64, max_seq_len=50, field_vocab_sizes=None, field_max_tokens=None,
                  attribute_pooling="sum", init_std=0.02, num_layers=2, num_heads=2, inner_size=256,
@@ -69,7 +71,7 @@ class ASIFEncoder(SequenceEncoder):
                       fused_read_above=rsa or any(hie_in[i + 1:]), name=f"asif_layer_{i}")
             for i in range(num_layers)]
 
-    def call(self, history, training=None, labels=None):
+    def call(self, history, training=None, labels=None, last_only=False):
         n = tf.shape(history)[1]
         valid = valid_mask(history, self.compute_dtype)
         item_emb = self.item_embedding(history)                                   # [b, n, d]
@@ -82,13 +84,22 @@ class ASIFEncoder(SequenceEncoder):
         if self.uses_fused:
             fused = self.fusion(item, self.attribute_dropout(attrs, training=training))
         position = positions if self.up else None
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             item, fused, position = block(item, fused, position, valid, training=training)
+        if last_only:                                                              # [b, 1, d]
+            item = self.blocks[-1](item, fused, position, valid, training=training, rows=last_positions(history))
+        else:
+            item, _, _ = self.blocks[-1](item, fused, position, valid, training=training)
         aux = tf.zeros([], tf.float32)
         if self.fa:
             aux = self.lambda_fa * feature_alignment_loss(item_emb, tf.reduce_sum(attrs, axis=2), valid,
                                                           self.fa_temperature, self.fa_mask_padding)
+        if last_only:
+            return {"last": item[:, 0], "aux_loss": aux}
         return {"sequence": item, "aux_loss": aux}
+
+    def encode_last(self, history, training=None, labels=None):
+        return self(history, training=training, labels=labels, last_only=True)
 
     def get_config(self):
         return {**self.base_config(), **self._cfg}

@@ -23,6 +23,11 @@ class SequenceEncoder(tf.keras.layers.Layer):
     [b, n], the next item at each position, 0 = no loss) is passed during training for
     auxiliary losses that need the targets (DIF-SR's attribute predictors); ``aux_loss``
     is already weighted.
+
+    ``encode_last(history, training=None, labels=None) -> {"last": float [b, d], "aux_loss"}``
+    is the output at each history's last real item, which is all that evaluation, serving
+    and prefix training read. Here it is ``sequence`` gathered there; an encoder may
+    override it to compute that one position only (ASIF does).
     """
 
     def __init__(self, num_items: int, hidden_size: int, max_seq_len: int,
@@ -48,6 +53,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 self.num_items, self.field_vocab_sizes, self.field_max_tokens, hidden_size,
                 pooling=attribute_pooling, init_std=init_std, name="attribute_embedding")
 
+    def encode_last(self, history, training=None, labels=None) -> Dict[str, tf.Tensor]:
+        out = self(history, training=training, labels=labels)
+        return {"last": last_position_vectors(out["sequence"], history), "aux_loss": out["aux_loss"]}
+
     def position_vectors(self, length) -> tf.Tensor:
         """float [1, length, d]: the embeddings of positions 0..length-1."""
         return self.position_embedding(tf.range(length))[tf.newaxis]
@@ -66,6 +75,17 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 "max_seq_len": self.max_seq_len, "field_vocab_sizes": self.field_vocab_sizes,
                 "field_max_tokens": self.field_max_tokens, "attribute_pooling": self.attribute_pooling,
                 "init_std": self.init_std}
+
+
+def last_positions(history: tf.Tensor) -> tf.Tensor:
+    """int [b]: the index of the last real item of each right-padded history int [b, n] (0 if none)."""
+    lengths = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
+    return tf.maximum(lengths - 1, 0)
+
+
+def last_position_vectors(sequence: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+    """Output at the last real item of each right-padded history: float [b, n, d] -> [b, d]."""
+    return tf.gather(sequence, last_positions(history), batch_dims=1)
 
 
 def valid_mask(history: tf.Tensor, dtype=tf.float32) -> tf.Tensor:

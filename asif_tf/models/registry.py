@@ -64,4 +64,5 @@ def build_model(cfg: ExperimentConfig, info: DatasetInfo):
     from asif_tf.models.retrieval import SequentialRetrievalModel
     encoder = build_encoder(cfg, info)
     return SequentialRetrievalModel(encoder, loss=cfg.train.loss, item_probabilities=info.item_probabilities(),
-                                    eval_chunk_size=cfg.train.eval_chunk_size)
+                                    eval_chunk_size=cfg.train.eval_chunk_size,
+                                    last_position_loss=cfg.train.training_samples == "prefix")

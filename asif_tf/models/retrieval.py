@@ -9,15 +9,9 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from asif_tf import metrics as ranking
-from asif_tf.models.base import SequenceEncoder
+from asif_tf.models.base import SequenceEncoder, last_position_vectors, last_positions  # noqa: F401
 
 LOSSES = ("softmax", "sampled")
-
-
-def last_position_vectors(sequence: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
-    """Output at the last real item of each right-padded history: float [b, n, d] -> [b, d]."""
-    lengths = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
-    return tf.gather(sequence, tf.maximum(lengths - 1, 0), batch_dims=1)
 
 
 def catalogue_cross_entropy(queries: tf.Tensor, targets: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
@@ -43,15 +37,20 @@ class SequentialRetrievalModel(tfrs.Model):
     loss="sampled": ``tfrs.tasks.Retrieval`` over in-batch negatives, with log-Q correction
     from ``item_probabilities`` (float [num_items + 1], the sampling frequency of each item
     as an in-batch candidate) and accidental-hit removal.
+
+    last_position_loss=True (prefix training: each row's one label sits at its last real
+    item) computes the encoder at that position only (``encode_last``), as evaluation and
+    serving always do; a batch with a label anywhere else fails loudly instead of losing it.
     """
 
     def __init__(self, encoder: SequenceEncoder, loss: str = "softmax",
                  item_probabilities: Optional[np.ndarray] = None, eval_chunk_size: int = 65536,
-                 ks: Sequence[int] = ranking.DEFAULT_KS, **kwargs):
+                 ks: Sequence[int] = ranking.DEFAULT_KS, last_position_loss: bool = False, **kwargs):
         super().__init__(**kwargs)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.encoder, self.loss_name, self.eval_chunk_size = encoder, loss, int(eval_chunk_size)
+        self.last_position_loss = bool(last_position_loss)
         self.ranking = ranking.RankingMetrics(ks, name="ranking")
         # The epoch's mean training loss: returning the step's own loss from train_step (as
         # tfrs.Model does) makes Keras log the LAST batch's loss as the epoch's, which with
@@ -76,8 +75,7 @@ class SequentialRetrievalModel(tfrs.Model):
 
     def call(self, history, training=None):
         """User vectors float [b, d] of right-padded histories int [b, n]."""
-        out = self.encoder(history, training=training)
-        return last_position_vectors(out["sequence"], history)
+        return self.encoder.encode_last(history, training=training)["last"]
 
     def item_embeddings(self) -> tf.Tensor:
         return self.encoder.item_embeddings()
@@ -92,10 +90,20 @@ class SequentialRetrievalModel(tfrs.Model):
         weighted auxiliary loss (DIF-SR's attribute loss, ASIF's FA loss; 0 for the other encoders).
         Their sum is the training loss."""
         history, labels = features["history"], features["labels"]
-        out = self.encoder(history, training=training, labels=labels)
-        mask = labels > 0
-        queries = tf.boolean_mask(out["sequence"], mask)                          # [N, d]
-        targets = tf.boolean_mask(labels, mask)                                   # [N]
+        if self.last_position_loss:
+            out = self.encoder.encode_last(history, training=training, labels=labels)
+            last = tf.gather(labels, last_positions(history), batch_dims=1)       # [b]
+            tf.debugging.assert_equal(
+                tf.reduce_sum(tf.cast(labels > 0, tf.int32)), tf.reduce_sum(tf.cast(last > 0, tf.int32)),
+                message="last_position_loss: a training batch has labels before the last real item "
+                        "(one-sequence batches need --training_samples sequence)")
+            queries = tf.boolean_mask(out["last"], last > 0)                      # [N, d]
+            targets = tf.boolean_mask(last, last > 0)                             # [N]
+        else:
+            out = self.encoder(history, training=training, labels=labels)
+            mask = labels > 0
+            queries = tf.boolean_mask(out["sequence"], mask)                      # [N, d]
+            targets = tf.boolean_mask(labels, mask)                               # [N]
         items = tf.cast(self.item_embeddings(), queries.dtype)
         if self.loss_name == "softmax":
             main = tf.reduce_mean(catalogue_cross_entropy(queries, targets, items))
