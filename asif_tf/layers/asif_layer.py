@@ -111,14 +111,15 @@ class ASIFLayer(tf.keras.layers.Layer):
             scores = tf.broadcast_to(scores, tf.concat([tf.shape(item)[:1], tf.shape(scores)[1:]], 0))
             return tf.gather(scores, at_rows, axis=2, batch_dims=1)
 
-        mask = score_rows(causal_mask(n, item.dtype))                              # [b, 1, 1, n]
+        full_mask = causal_mask(n, item.dtype)
+        mask = score_rows(full_mask)                                               # [b, 1, 1, n]
         s_item, s_f, _ = self._scores(item, fused, position)
         if self.hie is None:
             new_item = self.item_attention(score_rows(s_item), item, mask, training=training,
                                            residual=tf.gather(item, at_rows, batch_dims=1))
         else:
             # HIE's basis reads E' at every position up to the row; F' only at the row.
-            new_item = self.item_attention(s_item, item, causal_mask(n, item.dtype), training=training)
+            new_item = self.item_attention(s_item, item, full_mask, training=training)
             if self.refine_fused:
                 new_fused = self.fused_attention(score_rows(s_f), fused, mask, training=training,
                                                  residual=tf.gather(fused, at_rows, batch_dims=1))

@@ -60,7 +60,7 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         w = tf.cast(self.bases[:n], tf.float32)                                    # [n, r]
         # Solves in float32 even under mixed precision: the Gram matrix squares the conditioning.
         e, f = tf.cast(item, tf.float32), tf.cast(fused, tf.float32)
-        m = tf.cast(valid, tf.float32) if (self.mask_padding or self.causal) else tf.ones_like(valid, tf.float32)
+        m = self._basis_weights(valid)
         if self.causal:
             # coef[b, t, i] = 1[i <= t] m_i: which positions build position t's basis.
             lower = tf.linalg.band_part(tf.ones([n, n]), -1, 0)
@@ -72,9 +72,7 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         xe = tf.matmul(coef * k_ee, w)                                             # [b, n, r] Xr_t e_t
         xf = tf.matmul(coef * k_fe, w)                                             # [b, n, r] Xr_t f_t
         gram = self._gram(k_ee, m, w)                                              # [b, n|1, r, r]
-        eye = tf.eye(self.num_bases)
-        scale = tf.linalg.trace(gram)[..., tf.newaxis, tf.newaxis] / self.num_bases
-        chol = tf.linalg.cholesky(gram + (self.ridge * scale + 1e-12) * eye)
+        chol = self._cholesky(gram)
         chol = tf.broadcast_to(chol, tf.concat([tf.shape(xe)[:2], [self.num_bases, self.num_bases]], 0))
         p_item = tf.linalg.triangular_solve(chol, xe[..., tf.newaxis], lower=True)   # [b, n, r, 1]
         p_fused = tf.linalg.triangular_solve(chol, xf[..., tf.newaxis], lower=True)
@@ -89,14 +87,12 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         n = tf.shape(item)[1]
         w = tf.cast(self.bases[:n], tf.float32)                                    # [n, r]
         e, f = tf.cast(item, tf.float32), tf.cast(fused[:, 0], tf.float32)        # [b, n, d], [b, d]
-        m = tf.cast(valid, tf.float32) if (self.mask_padding or self.causal) else tf.ones_like(valid, tf.float32)
+        m = self._basis_weights(valid)
         if self.causal:
             m = m * tf.cast(tf.range(n)[tf.newaxis] <= rows[:, tf.newaxis], tf.float32)  # positions i <= row
         xr = tf.matmul(m[..., tf.newaxis] * w, e, transpose_a=True)               # [b, r, d] Xr
         gram = tf.matmul(xr, xr, transpose_b=True)                                 # [b, r, r]
-        eye = tf.eye(self.num_bases)
-        scale = tf.linalg.trace(gram)[..., tf.newaxis, tf.newaxis] / self.num_bases
-        chol = tf.linalg.cholesky(gram + (self.ridge * scale + 1e-12) * eye)
+        chol = self._cholesky(gram)
         e_row = tf.gather(e, rows, batch_dims=1)                                   # [b, d]
         p_item = tf.linalg.triangular_solve(chol, tf.matmul(xr, e_row[..., tf.newaxis]), lower=True)  # [b, r, 1]
         p_fused = tf.linalg.triangular_solve(chol, tf.matmul(xr, f[..., tf.newaxis]), lower=True)
@@ -104,6 +100,17 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         u = tf.linalg.triangular_solve(chol, keep * p_fused, lower=True, adjoint=True)   # [b, r, 1]
         injected = tf.matmul(u, xr, transpose_a=True)                              # [b, 1, d] u^T Xr
         return tf.gather(item, rows[:, tf.newaxis], batch_dims=1) + tf.cast(injected, item.dtype)
+
+    def _basis_weights(self, valid):
+        """float [b, n]: which positions may build a basis (real items, or all for the unmasked research HIE)."""
+        if self.mask_padding or self.causal:
+            return tf.cast(valid, tf.float32)
+        return tf.ones_like(valid, tf.float32)
+
+    def _cholesky(self, gram):
+        """Cholesky factor of the ridged Gram matrix (see the module docstring): float [..., r, r]."""
+        scale = tf.linalg.trace(gram)[..., tf.newaxis, tf.newaxis] / self.num_bases
+        return tf.linalg.cholesky(gram + (self.ridge * scale + 1e-12) * tf.eye(self.num_bases))
 
     def _gram(self, k_ee, m, w):
         """G = Xr Xr^T: float [b, 1, r, r] (one basis per sequence) or [b, n, r, r] (causal)."""
