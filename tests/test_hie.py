@@ -91,3 +91,21 @@ def test_rank_deficient_prefix_is_finite_with_gradient():
         loss = tf.reduce_sum(out ** 2)
     grads = tape.gradient(loss, [e_t] + layer.trainable_variables)
     assert all(np.isfinite(g.numpy()).all() for g in grads)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gram_matches_explicit_basis_products(causal):
+    """G_t = Xr_t Xr_t^T at every position (short prefixes and padding included), with Xr_t
+    built explicitly: the prefix-sum form the layer uses must not drift from the definition."""
+    r, (e, _, valid) = 4, make_inputs(n=7, d=5, seed=3)
+    layer = HomogeneousInformationExtraction(num_bases=r, max_seq_len=7, causal=causal)
+    layer.build(None)
+    w = layer.bases.numpy().astype(np.float64)
+    k_ee = np.einsum("btd,bid->bti", e, e)
+    got = layer._gram(k_ee.astype(np.float32), valid.astype(np.float32), w.astype(np.float32)).numpy()
+    b, n, _ = e.shape
+    for s in range(b):
+        for t in range(n):
+            upto = t + 1 if causal else n
+            xr = (valid[s, :upto, None] * w[:upto]).T @ e[s, :upto]          # r x d
+            np.testing.assert_allclose(got[s, t if causal else 0], xr @ xr.T, rtol=1e-4, atol=1e-4)

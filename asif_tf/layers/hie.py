@@ -117,14 +117,18 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         mw = m[..., tf.newaxis] * w                                                # [b, n, r] m_i w_i
         if not self.causal:
             return tf.matmul(mw, tf.matmul(k_ee, mw), transpose_a=True)[:, tf.newaxis]
-        # G_t = G_{t-1} + w_t g_t^T + g_t w_t^T - m_t K_tt w_t w_t^T, g_t = m_t sum_{j<=t} m_j K_tj w_j
-        lower = tf.linalg.band_part(tf.ones_like(k_ee), -1, 0)
+        # G_t = G_{t-1} + w_t g_t^T + g_t w_t^T - m_t K_tt w_t w_t^T, g_t = m_t sum_{j<=t} m_j K_tj w_j,
+        # i.e. G_t = S_t + S_t^T with S_t = sum_{i<=t} mw_i h_i^T, h_i = g_i - m_i K_ii mw_i / 2.
+        # The prefix sum over i is one [n, n] lower-triangular matmul on the flattened outer
+        # products (a BLAS call, forward and backward), cheaper than a cumsum of the same tensor.
+        b, n = tf.shape(k_ee)[0], tf.shape(k_ee)[1]
+        lower = tf.linalg.band_part(tf.ones_like(k_ee), -1, 0)                     # [b, n, n] 1[j <= t]
         g = m[..., tf.newaxis] * tf.matmul(lower * k_ee, mw)                       # [b, n, r]
         diag = tf.linalg.diag_part(k_ee) * m                                       # [b, n]
-        outer_wg = mw[..., :, tf.newaxis] * g[..., tf.newaxis, :]                  # [b, n, r, r]
-        step = outer_wg + tf.linalg.matrix_transpose(outer_wg) - \
-            diag[..., tf.newaxis, tf.newaxis] * mw[..., :, tf.newaxis] * mw[..., tf.newaxis, :]
-        return tf.cumsum(step, axis=1)
+        h = g - 0.5 * diag[..., tf.newaxis] * mw                                   # [b, n, r]
+        outer = tf.reshape(mw[..., :, tf.newaxis] * h[..., tf.newaxis, :], [b, n, -1])  # [b, n, r*r]
+        s = tf.reshape(tf.matmul(lower, outer), [b, n, self.num_bases, self.num_bases])  # [b, n, r, r]
+        return s + tf.linalg.matrix_transpose(s)
 
     def get_config(self):
         return {**super().get_config(), "num_bases": self.num_bases, "max_seq_len": self.max_seq_len,
