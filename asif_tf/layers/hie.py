@@ -122,7 +122,7 @@ class HomogeneousInformationExtraction(tf.keras.layers.Layer):
         # The prefix sum over i is one [n, n] lower-triangular matmul on the flattened outer
         # products (a BLAS call, forward and backward), cheaper than a cumsum of the same tensor.
         b, n = tf.shape(k_ee)[0], tf.shape(k_ee)[1]
-        lower = tf.linalg.band_part(tf.ones_like(k_ee), -1, 0)                     # [b, n, n] 1[j <= t]
+        lower = tf.linalg.band_part(tf.ones([n, n]), -1, 0)                        # [n, n] 1[j <= t], broadcast
         g = m[..., tf.newaxis] * tf.matmul(lower * k_ee, mw)                       # [b, n, r]
         diag = tf.linalg.diag_part(k_ee) * m                                       # [b, n]
         h = g - 0.5 * diag[..., tf.newaxis] * mw                                   # [b, n, r]
