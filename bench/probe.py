@@ -124,27 +124,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", choices=MODELS, required=True, help="The model to probe.")
-    parser.add_argument("--dataset", default="beauty",
-                        help="beauty or yelp (from --data_root, preprocessed once under --results_dir/data "
-                             "as reproduce.py does), or NAME=DIR for any s3rec-format directory.")
-    parser.add_argument("--setting", choices=reproduce.SETTINGS, default="cpu256",
-                        help="reproduce.py's setting whose model size and optimiser every variant starts from.")
+    add_dataset_arguments(parser, default_setting="cpu256")
     parser.add_argument("--steps", type=int, default=520,
                         help="Training steps per variant (520 is one Beauty epoch of every-prefix batches "
                              "of 256).")
     parser.add_argument("--variants", nargs="+", default=["default"],
                         help="Overrides, one variant each: name=value[;name=value...] of ModelConfig fields, "
                              "learning_rate or batch_size; 'default' for the setting itself.")
+    parser.add_argument("--json", default=None, help="Write the rows to this JSON file.")
+    return parser
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, default_setting: str) -> None:
+    """The flags that pick the data and the setting a short run starts from (shared with profile_train.py)."""
+    parser.add_argument("--dataset", default="beauty",
+                        help="beauty or yelp (from --data_root, preprocessed once under --results_dir/data "
+                             "as reproduce.py does), or NAME=DIR for any s3rec-format directory.")
+    parser.add_argument("--setting", choices=reproduce.SETTINGS, default=default_setting,
+                        help="reproduce.py's setting whose model size and optimiser the run starts from "
+                             "(default: %(default)s).")
     parser.add_argument("--training_samples", choices=("sequence", "prefix"), default="prefix",
                         help="Training samples, as in reproduce.py (default: prefix, the paper's protocol).")
     parser.add_argument("--seed", type=int, default=reproduce.DEFAULT_SEED,
-                        help="Seed of every variant (the same seed gives the same initialisation and batches).")
+                        help="Seed (the same seed gives the same initialisation and batches).")
     parser.add_argument("--data_root", default=str(reproduce.REPO.parent / "shared" / "data"),
                         help="Directory holding beauty/ and yelp/ (default: ../shared/data).")
     parser.add_argument("--results_dir", default=str(reproduce.REPO / "bench" / "results"),
                         help="Where the preprocessed datasets are cached (data/, shared with reproduce.py).")
-    parser.add_argument("--json", default=None, help="Write the rows to this JSON file.")
-    return parser
+
+
+def dataset_of(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "reproduce.Dataset":
+    """The one dataset --dataset names."""
+    datasets = reproduce.parse_datasets(args.dataset, pathlib.Path(args.data_root), "paper")
+    if len(datasets) != 1:
+        parser.error(f"--dataset: expected one dataset, got {args.dataset!r}")
+    return datasets[0]
+
+
+def variant_config(args: argparse.Namespace, parser: argparse.ArgumentParser, dataset: str, spec: str,
+                   model_over: dict, train_over: dict):
+    """The setting's config for args.model with one variant's overrides, validated (usage error if not)."""
+    try:
+        cfg = reproduce.model_config(reproduce.setting_config(args.setting, dataset), args.model, model_over)
+    except ValueError as err:
+        parser.error(f"variant {spec!r}: {err}")
+    for name, value in train_over.items():
+        setattr(cfg.train, name, value)
+    cfg.train.training_samples, cfg.train.seed = args.training_samples, args.seed
+    return cfg.validate()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -156,21 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         variants = [(spec, *parse_variant(spec)) for spec in args.variants]
     except ValueError as err:
         parser.error(f"--variants: {err}")
-    datasets = reproduce.parse_datasets(args.dataset, pathlib.Path(args.data_root), "paper")
-    if len(datasets) != 1:
-        parser.error(f"--dataset: expected one dataset, got {args.dataset!r}")
-    ds = datasets[0]
-    base = reproduce.setting_config(args.setting, ds.name)
-    configs = []
-    for spec, model_over, train_over in variants:
-        try:
-            cfg = reproduce.model_config(base, args.model, model_over)
-        except ValueError as err:
-            parser.error(f"--variants {spec!r}: {err}")
-        for name, value in train_over.items():
-            setattr(cfg.train, name, value)
-        cfg.train.training_samples, cfg.train.seed = args.training_samples, args.seed
-        configs.append((spec, cfg.validate()))
+    ds = dataset_of(args, parser)
+    configs = [(spec, variant_config(args, parser, ds.name, spec, model_over, train_over))
+               for spec, model_over, train_over in variants]
     data_dir = reproduce.prepare_dataset(ds, pathlib.Path(args.results_dir).resolve())
 
     rows: List[dict] = []
