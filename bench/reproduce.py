@@ -299,20 +299,36 @@ def prepare_dataset(ds: Dataset, results_dir: pathlib.Path) -> str:
     data_root = results_dir / "data"
     _ignore_in_git(data_root)
     out = data_root / f"{ds.name}-{ds.attributes}"
-    if (out / "metadata.json").exists():
-        _LOG.info("dataset %s: using the cached %s", ds.name, out)
-        return str(out)
-    if not ds.input_dir.is_dir():
-        raise SystemExit(f"error: dataset {ds.name}: input directory {ds.input_dir} does not exist "
-                         "(set --data_root to the directory holding beauty/ and yelp/)")
-    from beam_pipelines import preprocess
-    started = time.time()
-    _LOG.info("dataset %s: preprocessing %s -> %s", ds.name, ds.input_dir, out)
-    meta = preprocess.run(["--format", "s3rec", "--input", str(ds.input_dir), "--output_dir", str(out),
-                           "--overwrite", *ds.preprocess_args])
-    _LOG.info("dataset %s: %d users, %d items, %d interactions, fields %s (%.0f s)", ds.name, meta["num_users"],
-              meta["num_items"], meta["num_interactions"], meta["attribute_fields"], time.time() - started)
+    # metadata.json is the pipeline's last write, so it marks a complete dataset. Processes started
+    # side by side on an uncached dataset take turns: the first preprocesses, the others wait and
+    # reuse it (two pipelines writing one directory with --overwrite break each other's writes).
+    with exclusive_lock(data_root / f"{out.name}.lock"):
+        if (out / "metadata.json").exists():
+            _LOG.info("dataset %s: using the cached %s", ds.name, out)
+            return str(out)
+        if not ds.input_dir.is_dir():
+            raise SystemExit(f"error: dataset {ds.name}: input directory {ds.input_dir} does not exist "
+                             "(set --data_root to the directory holding beauty/ and yelp/)")
+        from beam_pipelines import preprocess
+        started = time.time()
+        _LOG.info("dataset %s: preprocessing %s -> %s", ds.name, ds.input_dir, out)
+        meta = preprocess.run(["--format", "s3rec", "--input", str(ds.input_dir), "--output_dir", str(out),
+                               "--overwrite", *ds.preprocess_args])
+        _LOG.info("dataset %s: %d users, %d items, %d interactions, fields %s (%.0f s)", ds.name,
+                  meta["num_users"], meta["num_items"], meta["num_interactions"], meta["attribute_fields"],
+                  time.time() - started)
     return str(out)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: pathlib.Path):
+    """An advisory lock between processes (fcntl.flock on ``path``, created if missing), held for the block."""
+    with open(path, "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _ignore_in_git(path: pathlib.Path) -> None:
@@ -440,14 +456,8 @@ class ResultFile:
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, self.path)
 
-    @contextlib.contextmanager
     def _locked(self):
-        with open(self.path.with_suffix(".json.lock"), "a", encoding="utf-8") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return exclusive_lock(self.path.with_suffix(".json.lock"))
 
 
 def header(ds: Dataset, setting: str, data_dir: str, base: ExperimentConfig) -> dict:

@@ -170,6 +170,30 @@ def test_result_file_merges_runs_of_concurrent_processes(tmp_path):
     assert runs["2-14"] == {"value": 14}
 
 
+def test_processes_started_side_by_side_preprocess_an_uncached_dataset_once(tmp_path):
+    """Two reproduce.py runs started together on a dataset not yet cached: one runs the pipeline,
+    the other waits for it and reuses its output (two pipelines writing one directory with
+    --overwrite broke each other's writes: seen with Beam's FinalizeWrite), and both get the same
+    complete dataset."""
+    import subprocess
+    data = tmp_path / "mini"
+    write_s3rec(data)
+    code = ("import logging, pathlib, sys; logging.basicConfig(level=logging.INFO); "
+            f"sys.path.insert(0, {str(REPO / 'bench')!r}); import reproduce; "
+            "ds = reproduce.parse_datasets(sys.argv[1], pathlib.Path('.'), 'paper')[0]; "
+            "print('OUT', reproduce.prepare_dataset(ds, pathlib.Path(sys.argv[2])))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"mini={data}", str(tmp_path / "res")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("dataset mini: preprocessing") == 1 and logs.count("dataset mini: using the cached") == 1
+    dirs = {line.split(" ", 1)[1] for out, _ in outputs for line in out.splitlines() if line.startswith("OUT ")}
+    assert len(dirs) == 1
+    meta = json.loads((pathlib.Path(dirs.pop()) / "metadata.json").read_text())
+    assert meta["num_users"] == 80
+
+
 def test_sweep_points_cover_every_invocations_values(tmp_path):
     """Two sweep invocations run in parallel, one value each: whichever writes the points last,
     the points (what the sweep plot draws) are every swept run in the file, in the sweep's order."""
